@@ -1,0 +1,1 @@
+//! CA tests (see the identity tests helper).

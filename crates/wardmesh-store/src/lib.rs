@@ -1,0 +1,207 @@
+//! Storage for the wardmesh control plane. This crate owns the durable state behind
+//! identity issuance and operator access: single-use join tokens, the quarantine
+//! (deny-list) and its revision counter, the record of issued certificates, the last status
+//! of every agent, the identity/CA/operator event log (which the audit log consumes), and
+//! operator API tokens. One API, [`Store`], runs on two backends chosen by URL: an embedded
+//! SQLite file (the default, one process) or PostgreSQL (several control-plane replicas
+//! sharing one database). Opening a store applies the schema migrations it is missing.
+//!
+//! Invariants the control plane relies on, on both backends and across replicas: a join
+//! token is consumed at most once; the deny-list revision changes with every change of the
+//! quarantine set and only then; event ids are strictly increasing in commit order, so
+//! paging with `after_id` never skips an event.
+
+mod error;
+mod location;
+mod postgres;
+mod schema;
+mod sqlite;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+pub use error::StoreError;
+pub use location::redact_url;
+pub use schema::SCHEMA_VERSION;
+pub use types::{
+    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, OperatorToken, QuarantineEntry,
+};
+
+use location::Location;
+use postgres::PostgresBackend;
+use sqlite::SqliteBackend;
+
+/// A handle to the control plane's storage. Cloning is cheap and clones share the
+/// connection(s). Every method is safe to call concurrently.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Arc<Backend>,
+}
+
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per store, behind the handle's Arc"
+)]
+enum Backend {
+    Sqlite(SqliteBackend),
+    Postgres(PostgresBackend),
+}
+
+/// Calls the same method on whichever backend the store uses.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &*$self.backend {
+            Backend::Sqlite(b) => b.$method($($arg),*).await,
+            Backend::Postgres(b) => b.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store at `url` and brings its schema up to date:
+    /// `sqlite:<path>` (the file is created if missing; WAL mode), `sqlite::memory:`
+    /// (private to this handle and its clones; for tests), or `postgres://...` /
+    /// `postgresql://...` (libpq-style URL, without TLS). Errors never contain the
+    /// password of the URL.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let backend = match location::parse(url)? {
+            Location::SqliteMemory => Backend::Sqlite(SqliteBackend::open(None).await?),
+            Location::SqliteFile(path) => Backend::Sqlite(SqliteBackend::open(Some(path)).await?),
+            Location::Postgres(config) => {
+                Backend::Postgres(PostgresBackend::open(*config, redact_url(url.trim())).await?)
+            }
+        };
+        Ok(Store {
+            backend: Arc::new(backend),
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match &*self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The schema version of the database (equal to [`SCHEMA_VERSION`] after `open`).
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        dispatch!(self.schema_version())
+    }
+
+    // ---- join tokens ------------------------------------------------------------------
+
+    /// Stores a new join token; [`StoreError::Conflict`] if its hash already exists.
+    pub async fn insert_join_token(&self, token: &JoinToken) -> Result<(), StoreError> {
+        dispatch!(self.insert_join_token(token))
+    }
+
+    /// Uses up the token with this hash if it is unused and `now < expires_at`. Atomic:
+    /// among any number of concurrent callers (on any replica) at most one gets
+    /// [`ConsumeOutcome::Consumed`]. A used token reports `AlreadyUsed` even once expired.
+    pub async fn consume_join_token(
+        &self,
+        token_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<ConsumeOutcome, StoreError> {
+        dispatch!(self.consume_join_token(token_hash, now))
+    }
+
+    // ---- quarantine -------------------------------------------------------------------
+
+    /// Quarantines `entry.spiffe_id`; returns `true` if it was not quarantined before.
+    /// Quarantining an already quarantined ID replaces its reason, time and author but
+    /// leaves the deny-list revision alone (the set did not change).
+    pub async fn quarantine(&self, entry: &QuarantineEntry) -> Result<bool, StoreError> {
+        dispatch!(self.quarantine(entry))
+    }
+
+    /// Lifts a quarantine; returns `false` if the ID was not quarantined.
+    pub async fn unquarantine(&self, spiffe_id: &str) -> Result<bool, StoreError> {
+        dispatch!(self.unquarantine(spiffe_id))
+    }
+
+    pub async fn is_quarantined(&self, spiffe_id: &str) -> Result<bool, StoreError> {
+        dispatch!(self.is_quarantined(spiffe_id))
+    }
+
+    /// Every quarantined ID, sorted by SPIFFE ID.
+    pub async fn list_quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {
+        dispatch!(self.list_quarantined())
+    }
+
+    /// A counter (0 for a new database) that increases by one with every quarantine that
+    /// adds an ID and every unquarantine that removes one, in the same transaction.
+    /// Agents compare it with the revision of the deny-list they hold.
+    pub async fn deny_list_revision(&self) -> Result<i64, StoreError> {
+        dispatch!(self.deny_list_revision())
+    }
+
+    // ---- issuances --------------------------------------------------------------------
+
+    /// Records an issued certificate; [`StoreError::Conflict`] if the same authority
+    /// already recorded this serial.
+    pub async fn record_issuance(&self, issuance: &Issuance) -> Result<(), StoreError> {
+        dispatch!(self.record_issuance(issuance))
+    }
+
+    /// Up to `limit` issuances, newest `issued_at` first (ties: most recently recorded
+    /// first), optionally only those for one SPIFFE ID.
+    pub async fn list_issuances(
+        &self,
+        spiffe_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Issuance>, StoreError> {
+        dispatch!(self.list_issuances(spiffe_id, limit))
+    }
+
+    // ---- agents -----------------------------------------------------------------------
+
+    /// Inserts or replaces the status of the agent with `status.instance_id`.
+    pub async fn upsert_agent(&self, status: &AgentStatus) -> Result<(), StoreError> {
+        dispatch!(self.upsert_agent(status))
+    }
+
+    /// Every agent's last status, sorted by SPIFFE ID then instance ID.
+    pub async fn list_agents(&self) -> Result<Vec<AgentStatus>, StoreError> {
+        dispatch!(self.list_agents())
+    }
+
+    // ---- events -----------------------------------------------------------------------
+
+    /// Appends an event and returns the id the store gave it (`event.id` is ignored).
+    /// Ids are gapless and strictly increasing in commit order.
+    pub async fn append_event(&self, event: &Event) -> Result<i64, StoreError> {
+        dispatch!(self.append_event(event))
+    }
+
+    /// Up to `limit` events with `id > after_id`, ascending. Page by passing the last id
+    /// seen; start with 0.
+    pub async fn list_events(&self, after_id: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        dispatch!(self.list_events(after_id, limit))
+    }
+
+    // ---- operator tokens --------------------------------------------------------------
+
+    /// Stores an operator token; [`StoreError::Conflict`] if its hash already exists.
+    pub async fn insert_operator_token(&self, token: &OperatorToken) -> Result<(), StoreError> {
+        dispatch!(self.insert_operator_token(token))
+    }
+
+    pub async fn find_operator_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<OperatorToken>, StoreError> {
+        dispatch!(self.find_operator_token(token_hash))
+    }
+
+    pub async fn count_operator_tokens(&self) -> Result<i64, StoreError> {
+        dispatch!(self.count_operator_tokens())
+    }
+}

@@ -1,0 +1,375 @@
+//! The store operations on PostgreSQL. Same statements and semantics as `sqlite.rs`;
+//! PostgreSQL runs at READ COMMITTED, where an `UPDATE ... WHERE <condition>` re-checks the
+//! condition on the latest row version after waiting for a concurrent writer, which is
+//! what makes the single-use and counter updates race-free across replicas.
+
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+
+use super::PostgresBackend;
+use crate::error::postgres_conflict;
+use crate::schema::{
+    classify_unconsumed, detail_from_text, detail_to_text, from_micros, to_micros,
+};
+use crate::{
+    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, OperatorToken, QuarantineEntry,
+    StoreError,
+};
+
+const BUMP_DENY_LIST_REVISION: &str =
+    "UPDATE counters SET value = value + 1 WHERE name = 'deny_list_revision'";
+
+impl PostgresBackend {
+    pub(crate) async fn insert_join_token(&self, t: &JoinToken) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO join_tokens (token_hash, spiffe_id, created_at_us, expires_at_us, \
+                 created_by, used_at_us) VALUES ($1, $2, $3, $4, $5, NULL)",
+                &[
+                    &t.token_hash,
+                    &t.spiffe_id,
+                    &to_micros(t.created_at),
+                    &to_micros(t.expires_at),
+                    &t.created_by,
+                ],
+            )
+            .await
+            .map_err(|e| postgres_conflict(e, "a join token with this hash already exists"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn consume_join_token(
+        &self,
+        token_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<ConsumeOutcome, StoreError> {
+        let now_us = to_micros(now);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let consumed = tx
+            .query_opt(
+                "UPDATE join_tokens SET used_at_us = $1 WHERE token_hash = $2 \
+                 AND used_at_us IS NULL AND expires_at_us > $1 RETURNING spiffe_id",
+                &[&now_us, &token_hash],
+            )
+            .await?;
+        let outcome = match consumed {
+            Some(row) => ConsumeOutcome::Consumed {
+                spiffe_id: row.try_get(0)?,
+            },
+            None => {
+                let row = tx
+                    .query_opt(
+                        "SELECT used_at_us, expires_at_us FROM join_tokens WHERE token_hash = $1",
+                        &[&token_hash],
+                    )
+                    .await?;
+                match row {
+                    Some(row) => classify_unconsumed(row.try_get(0)?, row.try_get(1)?, now_us)?
+                        .unwrap_or(ConsumeOutcome::NotFound),
+                    None => ConsumeOutcome::NotFound,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub(crate) async fn quarantine(&self, e: &QuarantineEntry) -> Result<bool, StoreError> {
+        let created_at = to_micros(e.created_at);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // DO NOTHING waits for a concurrent insert of the same id, then reports 0 rows:
+        // exactly one of two racing quarantines bumps the revision.
+        let inserted = tx
+            .execute(
+                "INSERT INTO quarantine (spiffe_id, reason, created_at_us, created_by) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (spiffe_id) DO NOTHING",
+                &[&e.spiffe_id, &e.reason, &created_at, &e.created_by],
+            )
+            .await?
+            == 1;
+        if inserted {
+            tx.execute(BUMP_DENY_LIST_REVISION, &[]).await?;
+        } else {
+            tx.execute(
+                "UPDATE quarantine SET reason = $2, created_at_us = $3, created_by = $4 \
+                 WHERE spiffe_id = $1",
+                &[&e.spiffe_id, &e.reason, &created_at, &e.created_by],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    pub(crate) async fn unquarantine(&self, spiffe_id: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let removed = tx
+            .execute("DELETE FROM quarantine WHERE spiffe_id = $1", &[&spiffe_id])
+            .await?
+            > 0;
+        if removed {
+            tx.execute(BUMP_DENY_LIST_REVISION, &[]).await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    pub(crate) async fn is_quarantined(&self, spiffe_id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM quarantine WHERE spiffe_id = $1)",
+                &[&spiffe_id],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    pub(crate) async fn list_quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT spiffe_id, reason, created_at_us, created_by FROM quarantine \
+                 ORDER BY spiffe_id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QuarantineEntry {
+                    spiffe_id: r.try_get(0)?,
+                    reason: r.try_get(1)?,
+                    created_at: ts(r, 2)?,
+                    created_by: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn deny_list_revision(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT value FROM counters WHERE name = 'deny_list_revision'",
+                &[],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    pub(crate) async fn record_issuance(&self, i: &Issuance) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO issuances (serial_hex, spiffe_id, not_before_us, not_after_us, \
+                 authority_id, attestation, issued_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &i.serial_hex,
+                    &i.spiffe_id,
+                    &to_micros(i.not_before),
+                    &to_micros(i.not_after),
+                    &i.authority_id,
+                    &i.attestation,
+                    &to_micros(i.issued_at),
+                ],
+            )
+            .await
+            .map_err(|e| {
+                postgres_conflict(
+                    e,
+                    "this authority already recorded a certificate with this serial",
+                )
+            })?;
+        Ok(())
+    }
+
+    pub(crate) async fn list_issuances(
+        &self,
+        spiffe_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Issuance>, StoreError> {
+        const COLUMNS: &str = "SELECT serial_hex, spiffe_id, not_before_us, not_after_us, \
+                               authority_id, attestation, issued_at_us FROM issuances";
+        const ORDER: &str = "ORDER BY issued_at_us DESC, seq DESC LIMIT";
+        let limit = i64::from(limit);
+        let client = self.client().await?;
+        let rows = match spiffe_id {
+            Some(id) => {
+                client
+                    .query(
+                        &format!("{COLUMNS} WHERE spiffe_id = $1 {ORDER} $2"),
+                        &[&id, &limit],
+                    )
+                    .await?
+            }
+            None => {
+                client
+                    .query(&format!("{COLUMNS} {ORDER} $1"), &[&limit])
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(Issuance {
+                    serial_hex: r.try_get(0)?,
+                    spiffe_id: r.try_get(1)?,
+                    not_before: ts(r, 2)?,
+                    not_after: ts(r, 3)?,
+                    authority_id: r.try_get(4)?,
+                    attestation: r.try_get(5)?,
+                    issued_at: ts(r, 6)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn upsert_agent(&self, a: &AgentStatus) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO agents (instance_id, spiffe_id, last_seen_us, cert_not_after_us, \
+                 cert_authority_id, bundle_revision) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (instance_id) DO UPDATE SET spiffe_id = excluded.spiffe_id, \
+                 last_seen_us = excluded.last_seen_us, \
+                 cert_not_after_us = excluded.cert_not_after_us, \
+                 cert_authority_id = excluded.cert_authority_id, \
+                 bundle_revision = excluded.bundle_revision",
+                &[
+                    &a.instance_id,
+                    &a.spiffe_id,
+                    &to_micros(a.last_seen),
+                    &to_micros(a.cert_not_after),
+                    &a.cert_authority_id,
+                    &a.bundle_revision,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn list_agents(&self) -> Result<Vec<AgentStatus>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT spiffe_id, instance_id, last_seen_us, cert_not_after_us, \
+                 cert_authority_id, bundle_revision FROM agents ORDER BY spiffe_id, instance_id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AgentStatus {
+                    spiffe_id: r.try_get(0)?,
+                    instance_id: r.try_get(1)?,
+                    last_seen: ts(r, 2)?,
+                    cert_not_after: ts(r, 3)?,
+                    cert_authority_id: r.try_get(4)?,
+                    bundle_revision: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn append_event(&self, e: &Event) -> Result<i64, StoreError> {
+        let detail = detail_to_text(&e.detail);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The counter row stays locked until commit, so ids are handed out in commit
+        // order: once a reader sees id N, every id below N is already visible.
+        let id: i64 = tx
+            .query_one(
+                "UPDATE counters SET value = value + 1 WHERE name = 'event_id' RETURNING value",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        tx.execute(
+            "INSERT INTO events (id, at_us, kind, actor, subject, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
+            &[&id, &to_micros(e.at), &e.kind, &e.actor, &e.subject, &detail],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub(crate) async fn list_events(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, at_us, kind, actor, subject, detail::text FROM events \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after_id, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Event {
+                    id: r.try_get(0)?,
+                    at: ts(r, 1)?,
+                    kind: r.try_get(2)?,
+                    actor: r.try_get(3)?,
+                    subject: r.try_get(4)?,
+                    detail: detail_from_text(r.try_get(5)?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn insert_operator_token(&self, t: &OperatorToken) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO operator_tokens (token_hash, name, role, created_at_us) \
+                 VALUES ($1, $2, $3, $4)",
+                &[&t.token_hash, &t.name, &t.role, &to_micros(t.created_at)],
+            )
+            .await
+            .map_err(|e| postgres_conflict(e, "an operator token with this hash already exists"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn find_operator_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<OperatorToken>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT token_hash, name, role, created_at_us FROM operator_tokens \
+                 WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await?;
+        row.map(|r| {
+            Ok(OperatorToken {
+                token_hash: r.try_get(0)?,
+                name: r.try_get(1)?,
+                role: r.try_get(2)?,
+                created_at: ts(&r, 3)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub(crate) async fn count_operator_tokens(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT COUNT(*) FROM operator_tokens", &[])
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+}
+
+/// Reads a microsecond timestamp column.
+fn ts(row: &Row, idx: usize) -> Result<OffsetDateTime, StoreError> {
+    from_micros(row.try_get(idx)?)
+}

@@ -1,0 +1,252 @@
+//! Behaviour tests, run against a real SQLite file and a real PostgreSQL database.
+//!
+//! Each behaviour is written once in `tests/checks.rs` and run on both backends:
+//! `<check>::sqlite` on a fresh file in a temporary directory, `<check>::postgres` on a
+//! fresh database created on the server named by `WARDMESH_TEST_POSTGRES_URL` (an admin
+//! URL, e.g. from `scripts/postgres-test-server`) and dropped afterwards. Without that
+//! variable the PostgreSQL half is skipped with a note on stderr, except under `CI=true`
+//! where it fails.
+
+mod checks;
+mod specific;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio_postgres::NoTls;
+
+use crate::Store;
+
+/// A fresh database for one test: the URL to open (as often as the test likes).
+#[derive(Debug, Clone)]
+pub(crate) struct TestDb {
+    pub(crate) url: String,
+    pub(crate) backend: &'static str,
+    /// PostgreSQL only: the admin URL and the database name, for tests that act on the
+    /// server from outside the store.
+    pub(crate) postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub(crate) async fn open(&self) -> Store {
+        let store = Store::open(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("opening {}: {e}", crate::redact_url(&self.url)));
+        assert_eq!(store.backend_name(), self.backend);
+        store
+    }
+}
+
+/// Runs `check` on a new SQLite file.
+pub(crate) async fn run_on_sqlite<F, Fut>(check: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = TestDb {
+        url: format!("sqlite:{}", dir.path().join("store.db").display()),
+        backend: "sqlite",
+        postgres: None,
+    };
+    // Spawning also proves the store's futures are Send (the API server needs that).
+    let result = tokio::spawn(check(db)).await;
+    drop(dir);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// The PostgreSQL admin URL, or `None` (after saying why) if the test should be skipped.
+pub(crate) fn postgres_admin_url() -> Option<String> {
+    match std::env::var("WARDMESH_TEST_POSTGRES_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url.trim().to_owned()),
+        _ => {
+            let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+            assert!(
+                !ci,
+                "PostgreSQL is required under CI: set WARDMESH_TEST_POSTGRES_URL to an admin \
+                 URL, e.g. `export WARDMESH_TEST_POSTGRES_URL=$(scripts/postgres-test-server)`"
+            );
+            eprintln!(
+                "skipping the PostgreSQL half of this test: WARDMESH_TEST_POSTGRES_URL is not \
+                 set (run `export WARDMESH_TEST_POSTGRES_URL=$(scripts/postgres-test-server)`)"
+            );
+            None
+        }
+    }
+}
+
+/// Runs `check` on a new PostgreSQL database, dropped afterwards even if `check` panics.
+pub(crate) async fn run_on_postgres<F, Fut>(check: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(admin_url) = postgres_admin_url() else {
+        return;
+    };
+    let name = unique_database_name();
+    admin_execute(&admin_url, &format!("CREATE DATABASE {name}")).await;
+    let db = TestDb {
+        url: with_database(&admin_url, &name),
+        backend: "postgres",
+        postgres: Some((admin_url.clone(), name.clone())),
+    };
+    let result = tokio::spawn(check(db)).await;
+    // FORCE disconnects the store's pooled connections that may still be closing.
+    admin_execute(
+        &admin_url,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+pub(crate) async fn admin_execute(admin_url: &str, sql: &str) {
+    let (client, connection) = admin_connect(admin_url).await;
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", crate::error::describe_postgres(&e)));
+    drop(client);
+    let _ = connection.await;
+}
+
+/// Runs a query returning one BIGINT on the admin connection.
+pub(crate) async fn admin_query_i64(admin_url: &str, sql: &str) -> i64 {
+    let (client, connection) = admin_connect(admin_url).await;
+    let value = client
+        .query_one(sql, &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {}", crate::error::describe_postgres(&e)));
+    drop(client);
+    let _ = connection.await;
+    value
+}
+
+async fn admin_connect(
+    admin_url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, connection) = tokio_postgres::connect(admin_url, NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to WARDMESH_TEST_POSTGRES_URL ({}): {}",
+                crate::redact_url(admin_url),
+                crate::error::describe_postgres(&e)
+            )
+        });
+    (client, tokio::spawn(connection))
+}
+
+fn unique_database_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "wm_test_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `admin_url` with its database replaced by `db` (query parameters kept).
+pub(crate) fn with_database(admin_url: &str, db: &str) -> String {
+    let (base, query) = match admin_url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (admin_url, None),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[after_scheme..]
+        .find('/')
+        .map_or(base.len(), |i| i + after_scheme);
+    let mut url = format!("{}/{db}", &base[..authority_end]);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+/// Declares `<check>::sqlite` and `<check>::postgres` for checks taking a `Store`.
+macro_rules! store_checks {
+    ($($check:ident),* $(,)?) => {$(
+        mod $check {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::run_on_sqlite(|db| async move {
+                    super::checks::$check(db.open().await).await
+                })
+                .await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::run_on_postgres(|db| async move {
+                    super::checks::$check(db.open().await).await
+                })
+                .await
+            }
+        }
+    )*};
+}
+
+/// Declares `<check>::sqlite` and `<check>::postgres` for checks taking a `TestDb`
+/// (they open the database themselves, several times or as several replicas).
+macro_rules! db_checks {
+    ($($check:ident),* $(,)?) => {$(
+        mod $check {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::run_on_sqlite(super::checks::$check).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::run_on_postgres(super::checks::$check).await
+            }
+        }
+    )*};
+}
+
+store_checks!(
+    check_join_token_outcomes,
+    check_join_token_race,
+    check_quarantine_and_revision,
+    check_issuances_newest_first,
+    check_timestamps_keep_microseconds,
+    check_agent_upsert,
+    check_events_paging,
+    check_events_concurrent_appends,
+    check_operator_tokens,
+);
+
+db_checks!(
+    check_migrations_idempotent,
+    check_join_token_race_across_replicas,
+    check_revision_shared_across_replicas,
+    check_persists_across_reopen,
+);
+
+#[test]
+fn with_database_replaces_only_the_path() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:55432/postgres", "wm_x"),
+        "postgres://postgres@127.0.0.1:55432/wm_x"
+    );
+    assert_eq!(
+        with_database("postgresql://u:p@h/postgres?sslmode=disable", "wm_x"),
+        "postgresql://u:p@h/wm_x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://h:1", "wm_x"), "postgres://h:1/wm_x");
+}

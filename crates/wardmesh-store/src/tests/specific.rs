@@ -1,0 +1,200 @@
+//! Tests of one backend or of URL handling.
+
+use std::time::Duration;
+
+use super::{TestDb, admin_query_i64, postgres_admin_url, run_on_postgres, run_on_sqlite};
+use crate::{Store, StoreError};
+
+#[tokio::test]
+async fn unknown_scheme_is_a_clear_error() {
+    let err = Store::open("mysql://x").await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "invalid store url `mysql://x`: unsupported scheme `mysql`; wardmesh stores data in \
+         sqlite or postgres; use `sqlite:<path>`, `sqlite::memory:` or \
+         `postgres://user[:password]@host[:port]/database`"
+    );
+}
+
+#[tokio::test]
+async fn postgres_password_never_appears_in_errors() {
+    // Port 1: nothing listens there, the connection is refused.
+    let err = Store::open("postgres://alice:s3cret-pw@127.0.0.1:1/wardmesh")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PostgresConnect { .. }), "{err:?}");
+    let (display, debug) = (err.to_string(), format!("{err:?}"));
+    assert!(display.contains("postgres://alice:***@127.0.0.1:1/wardmesh"), "{display}");
+    assert!(display.contains("check that the server is running"), "{display}");
+    for text in [&display, &debug] {
+        assert!(!text.contains("s3cret"), "password leaked: {text}");
+    }
+
+    let err = Store::open("postgresql://alice:s3cret-pw@db:notaport/wm")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err:?}");
+    let (display, debug) = (err.to_string(), format!("{err:?}"));
+    assert!(display.contains("postgresql://alice:***@db:notaport/wm"), "{display}");
+    assert!(display.contains("port"), "says what is wrong: {display}");
+    for text in [&display, &debug] {
+        assert!(!text.contains("s3cret"), "password leaked: {text}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_memory_is_private_to_its_handle() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    assert_eq!(store.backend_name(), "sqlite");
+    let clone = store.clone();
+    let token = crate::OperatorToken {
+        token_hash: "h".to_owned(),
+        name: "n".to_owned(),
+        role: "viewer".to_owned(),
+        created_at: time::OffsetDateTime::UNIX_EPOCH,
+    };
+    store.insert_operator_token(&token).await.unwrap();
+    assert_eq!(clone.find_operator_token("h").await.unwrap(), Some(token));
+    let other = Store::open("sqlite::memory:").await.unwrap();
+    assert_eq!(other.count_operator_tokens().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn sqlite_file_is_created_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    assert!(!path.exists());
+    let store = Store::open(&format!("sqlite:{}", path.display())).await.unwrap();
+    store.append_event(&crate::Event {
+        id: 0,
+        at: time::OffsetDateTime::UNIX_EPOCH,
+        kind: "k".to_owned(),
+        actor: "a".to_owned(),
+        subject: "s".to_owned(),
+        detail: serde_json::json!({}),
+    })
+    .await
+    .unwrap();
+    assert!(path.exists());
+    // An independent connection (another process would see the same) reads the schema
+    // and the committed row.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let (version, events): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT MAX(version) FROM schema_version), (SELECT COUNT(*) FROM events)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((version, events), (crate::SCHEMA_VERSION, 1));
+}
+
+#[tokio::test]
+async fn sqlite_in_missing_directory_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no/such/dir/store.db");
+    let err = Store::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::SqliteOpen { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("check that its directory exists"), "{msg}");
+}
+
+#[tokio::test]
+async fn sqlite_database_from_a_newer_build_is_refused() {
+    run_on_sqlite(|db: TestDb| async move {
+        drop(db.open().await);
+        let path = db.url.trim_start_matches("sqlite:").to_owned();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at_us) VALUES (?1, 0)",
+            [crate::SCHEMA_VERSION + 1],
+        )
+        .unwrap();
+        drop(conn);
+        let err = Store::open(&db.url).await.unwrap_err();
+        assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err:?}");
+        assert!(err.to_string().contains("upgrade wardmesh"), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_recovers_after_connections_are_killed() {
+    run_on_postgres(|db: TestDb| async move {
+        let store = db.open().await;
+        // Fill every pool slot with a live connection.
+        for _ in 0..8 {
+            store.count_operator_tokens().await.unwrap();
+        }
+        store
+            .insert_operator_token(&crate::OperatorToken {
+                token_hash: "h".to_owned(),
+                name: "n".to_owned(),
+                role: "viewer".to_owned(),
+                created_at: time::OffsetDateTime::UNIX_EPOCH,
+            })
+            .await
+            .unwrap();
+
+        // What a server restart or failover looks like to the store.
+        let (admin_url, name) = db.postgres.clone().unwrap();
+        let terminated = admin_query_i64(
+            &admin_url,
+            &format!(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            ),
+        )
+        .await;
+        assert_eq!(terminated, 4, "one connection per pool slot");
+
+        // A call may fail while the loss is being noticed; soon calls work again.
+        let mut failures = 0;
+        let recovered = loop {
+            match store.count_operator_tokens().await {
+                Ok(n) => break n,
+                Err(e) => {
+                    failures += 1;
+                    assert!(failures <= 8, "store did not recover: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert_eq!(recovered, 1);
+        // And every slot of the pool is healthy again.
+        for _ in 0..8 {
+            assert_eq!(store.count_operator_tokens().await.unwrap(), 1);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_server_errors_are_shown_without_the_password() {
+    let Some(admin_url) = postgres_admin_url() else {
+        return;
+    };
+    let config: tokio_postgres::Config = admin_url.parse().unwrap();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        other => panic!("the test expects a TCP admin URL, got {other:?}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let url = format!("postgres://postgres:s3cret-pw@{host}:{port}/wm_no_such_database");
+    let err = Store::open(&url).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::PostgresConnect { .. }), "{err:?}");
+    assert!(
+        msg.contains("database \"wm_no_such_database\" does not exist"),
+        "the server's reason is passed on: {msg}"
+    );
+    assert!(!msg.contains("s3cret") && !format!("{err:?}").contains("s3cret"), "{msg}");
+}

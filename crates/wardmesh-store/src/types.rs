@@ -1,0 +1,109 @@
+//! The records the store keeps. Timestamps are UTC and kept with microsecond precision:
+//! anything finer is truncated (towards the past) when written.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A single-use join token, the attestation of an agent outside Kubernetes. Only the hash
+/// of the token is stored; the token itself is shown once to the operator who made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// Hash of the secret token (e.g. hex SHA-256); the primary key.
+    pub token_hash: String,
+    /// The SPIFFE ID the token entitles its bearer to.
+    pub spiffe_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The token is valid strictly before this instant.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// The operator (or subsystem) that created it.
+    pub created_by: String,
+}
+
+/// What happened when a join token was presented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ConsumeOutcome {
+    /// The token was valid and is now used up; issue an identity for `spiffe_id`.
+    Consumed { spiffe_id: String },
+    /// No token with that hash exists.
+    NotFound,
+    /// The token was already consumed at `used_at`.
+    AlreadyUsed {
+        #[serde(with = "time::serde::rfc3339")]
+        used_at: OffsetDateTime,
+    },
+    /// The token expired at `expired_at` without being used.
+    Expired {
+        #[serde(with = "time::serde::rfc3339")]
+        expired_at: OffsetDateTime,
+    },
+}
+
+/// A SPIFFE ID that must not be issued certificates and that agents deny.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    pub spiffe_id: String,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+}
+
+/// One certificate the CA issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuance {
+    /// Certificate serial number, hex; unique per `authority_id`.
+    pub serial_hex: String,
+    pub spiffe_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Identifies the issuing CA certificate (e.g. its subject key identifier, hex).
+    pub authority_id: String,
+    /// How the caller proved its identity: `join_token`, `k8s_sa_token` or `renewal`.
+    pub attestation: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+}
+
+/// The last status an agent instance reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub spiffe_id: String,
+    /// Unique per running agent (e.g. pod UID); the primary key.
+    pub instance_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub cert_not_after: OffsetDateTime,
+    pub cert_authority_id: String,
+    pub bundle_revision: i64,
+}
+
+/// An identity, CA or operator event, in the order the store accepted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Assigned by the store, strictly increasing; ignored by `append_event`.
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// e.g. `identity.issued`, `identity.quarantined`, `operator.token_created`.
+    pub kind: String,
+    pub actor: String,
+    pub subject: String,
+    pub detail: serde_json::Value,
+}
+
+/// An operator API token. Only the hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorToken {
+    pub token_hash: String,
+    pub name: String,
+    /// `viewer`, `auditor` or `security-admin`.
+    pub role: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
