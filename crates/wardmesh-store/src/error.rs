@@ -12,7 +12,10 @@ pub enum StoreError {
         "invalid store url `{url_redacted}`: {reason}; use `sqlite:<path>`, `sqlite::memory:` \
          or `postgres://user[:password]@host[:port]/database`"
     )]
-    InvalidUrl { url_redacted: String, reason: String },
+    InvalidUrl {
+        url_redacted: String,
+        reason: String,
+    },
 
     /// The write would duplicate a unique key (e.g. the same token hash twice).
     #[error("conflict: {0}")]

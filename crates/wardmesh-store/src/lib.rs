@@ -29,7 +29,8 @@ pub use error::StoreError;
 pub use location::redact_url;
 pub use schema::SCHEMA_VERSION;
 pub use types::{
-    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, OperatorToken, QuarantineEntry,
+    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, JoinTokenRecord, OperatorToken,
+    QuarantineEntry,
 };
 
 use location::Location;
@@ -111,6 +112,16 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<ConsumeOutcome, StoreError> {
         dispatch!(self.consume_join_token(token_hash, now))
+    }
+
+    /// The token with this hash and when it was used, if it exists. Read-only: looking a
+    /// token up neither consumes it nor checks its expiry (compare `expires_at` yourself);
+    /// only [`Store::consume_join_token`] decides whether a bearer may use it.
+    pub async fn find_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        dispatch!(self.find_join_token(token_hash))
     }
 
     // ---- quarantine -------------------------------------------------------------------

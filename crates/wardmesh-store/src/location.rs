@@ -151,8 +151,14 @@ mod tests {
 
     #[test]
     fn parses_sqlite_forms() {
-        assert!(matches!(parse("sqlite::memory:"), Ok(Location::SqliteMemory)));
-        assert!(matches!(parse("sqlite://:memory:"), Ok(Location::SqliteMemory)));
+        assert!(matches!(
+            parse("sqlite::memory:"),
+            Ok(Location::SqliteMemory)
+        ));
+        assert!(matches!(
+            parse("sqlite://:memory:"),
+            Ok(Location::SqliteMemory)
+        ));
         match parse("sqlite:/tmp/x/store.db") {
             Ok(Location::SqliteFile(p)) => assert_eq!(p, PathBuf::from("/tmp/x/store.db")),
             other => panic!("unexpected {other:?}"),
@@ -185,7 +191,10 @@ mod tests {
         for (url, expected) in cases {
             let err = parse(url).expect_err(url);
             let msg = err.to_string();
-            assert!(matches!(err, StoreError::InvalidUrl { .. }), "{url}: {err:?}");
+            assert!(
+                matches!(err, StoreError::InvalidUrl { .. }),
+                "{url}: {err:?}"
+            );
             assert!(msg.contains(expected), "{url}: {msg}");
             assert!(msg.contains("sqlite:<path>"), "{url}: {msg}");
         }

@@ -72,7 +72,7 @@ impl PostgresBackend {
             None => self.slots[start].lock().await,
         };
         let client = match slot.take() {
-            Some(client) => client,
+            Some(client) if !client.is_closed() => client,
             stale => {
                 if stale.is_some() {
                     tracing::info!(url = %self.url_redacted, "reconnecting to postgres");

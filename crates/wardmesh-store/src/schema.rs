@@ -102,7 +102,10 @@ mod tests {
         );
         let before_epoch = OffsetDateTime::from_unix_timestamp_nanos(-1_500).unwrap();
         assert_eq!(to_micros(before_epoch), -2);
-        for t in [OffsetDateTime::UNIX_EPOCH, time::macros::datetime!(9999-12-31 23:59:59.999999 UTC)] {
+        for t in [
+            OffsetDateTime::UNIX_EPOCH,
+            time::macros::datetime!(9999-12-31 23:59:59.999999 UTC),
+        ] {
             assert_eq!(from_micros(to_micros(t)).unwrap(), t);
         }
     }
@@ -119,7 +122,12 @@ mod tests {
             Err(StoreError::SchemaTooNew { found, supported }) if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION
         ));
         assert_eq!(pending(POSTGRES_MIGRATIONS, 0).unwrap().count(), 1);
-        assert_eq!(pending(POSTGRES_MIGRATIONS, SCHEMA_VERSION).unwrap().count(), 0);
+        assert_eq!(
+            pending(POSTGRES_MIGRATIONS, SCHEMA_VERSION)
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::schema::{
     detail_to_text, from_micros, pending, to_micros,
 };
 use crate::{
-    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, OperatorToken, QuarantineEntry,
-    StoreError,
+    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, JoinTokenRecord, OperatorToken,
+    QuarantineEntry, StoreError,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -113,6 +113,34 @@ impl SqliteBackend {
             };
             tx.commit()?;
             Ok(outcome)
+        })
+        .await
+    }
+
+    pub(crate) async fn find_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let hash = token_hash.to_owned();
+        self.run(move |c| {
+            Ok(c.query_row(
+                "SELECT token_hash, spiffe_id, created_at_us, expires_at_us, created_by, \
+                 used_at_us FROM join_tokens WHERE token_hash = ?1",
+                [&hash],
+                |r| {
+                    Ok(JoinTokenRecord {
+                        token: JoinToken {
+                            token_hash: r.get(0)?,
+                            spiffe_id: r.get(1)?,
+                            created_at: ts(r, 2)?,
+                            expires_at: ts(r, 3)?,
+                            created_by: r.get(4)?,
+                        },
+                        used_at: opt_ts(r, 5)?,
+                    })
+                },
+            )
+            .optional()?)
         })
         .await
     }
@@ -214,7 +242,10 @@ impl SqliteBackend {
                 ],
             )
             .map_err(|e| {
-                sqlite_conflict(e, "this authority already recorded a certificate with this serial")
+                sqlite_conflict(
+                    e,
+                    "this authority already recorded a certificate with this serial",
+                )
             })?;
             Ok(())
         })
@@ -418,8 +449,7 @@ fn open_and_migrate(path: Option<PathBuf>) -> Result<Connection, StoreError> {
         None => Connection::open_in_memory()?,
     };
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if path.is_some() && !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(journal_mode = %mode, "sqlite store is not in WAL mode");
     }
@@ -468,6 +498,16 @@ fn bump_deny_list_revision(conn: &Connection) -> Result<(), StoreError> {
 /// Reads a microsecond timestamp column.
 fn ts(row: &Row<'_>, idx: usize) -> rusqlite::Result<OffsetDateTime> {
     let micros: i64 = row.get(idx)?;
+    micros_to_ts(micros, idx)
+}
+
+/// Reads a nullable microsecond timestamp column.
+fn opt_ts(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<OffsetDateTime>> {
+    let micros: Option<i64> = row.get(idx)?;
+    micros.map(|micros| micros_to_ts(micros, idx)).transpose()
+}
+
+fn micros_to_ts(micros: i64, idx: usize) -> rusqlite::Result<OffsetDateTime> {
     from_micros(micros).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Integer, Box::new(e))
     })

@@ -8,6 +8,7 @@
 //! where it fails.
 
 mod checks;
+mod fixtures;
 mod specific;
 
 use std::future::Future;
@@ -221,6 +222,7 @@ macro_rules! db_checks {
 
 store_checks!(
     check_join_token_outcomes,
+    check_join_token_lookup,
     check_join_token_race,
     check_quarantine_and_revision,
     check_issuances_newest_first,
@@ -248,5 +250,8 @@ fn with_database_replaces_only_the_path() {
         with_database("postgresql://u:p@h/postgres?sslmode=disable", "wm_x"),
         "postgresql://u:p@h/wm_x?sslmode=disable"
     );
-    assert_eq!(with_database("postgres://h:1", "wm_x"), "postgres://h:1/wm_x");
+    assert_eq!(
+        with_database("postgres://h:1", "wm_x"),
+        "postgres://h:1/wm_x"
+    );
 }

@@ -21,6 +21,17 @@ pub struct JoinToken {
     pub created_by: String,
 }
 
+/// A stored join token and whether it was used, as [`Store::find_join_token`] reads it.
+///
+/// [`Store::find_join_token`]: crate::Store::find_join_token
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub token: JoinToken,
+    /// When the token was consumed; `None` while it is unused.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub used_at: Option<OffsetDateTime>,
+}
+
 /// What happened when a join token was presented.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]

@@ -12,8 +12,8 @@ use crate::schema::{
     classify_unconsumed, detail_from_text, detail_to_text, from_micros, to_micros,
 };
 use crate::{
-    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, OperatorToken, QuarantineEntry,
-    StoreError,
+    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, JoinTokenRecord, OperatorToken,
+    QuarantineEntry, StoreError,
 };
 
 const BUMP_DENY_LIST_REVISION: &str =
@@ -74,6 +74,33 @@ impl PostgresBackend {
         };
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    pub(crate) async fn find_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT token_hash, spiffe_id, created_at_us, expires_at_us, created_by, \
+                 used_at_us FROM join_tokens WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await?;
+        row.map(|r| {
+            Ok(JoinTokenRecord {
+                token: JoinToken {
+                    token_hash: r.try_get(0)?,
+                    spiffe_id: r.try_get(1)?,
+                    created_at: ts(&r, 2)?,
+                    expires_at: ts(&r, 3)?,
+                    created_by: r.try_get(4)?,
+                },
+                used_at: opt_ts(&r, 5)?,
+            })
+        })
+        .transpose()
     }
 
     pub(crate) async fn quarantine(&self, e: &QuarantineEntry) -> Result<bool, StoreError> {
@@ -290,7 +317,14 @@ impl PostgresBackend {
         tx.execute(
             "INSERT INTO events (id, at_us, kind, actor, subject, detail) \
              VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
-            &[&id, &to_micros(e.at), &e.kind, &e.actor, &e.subject, &detail],
+            &[
+                &id,
+                &to_micros(e.at),
+                &e.kind,
+                &e.actor,
+                &e.subject,
+                &detail,
+            ],
         )
         .await?;
         tx.commit().await?;
@@ -372,4 +406,11 @@ impl PostgresBackend {
 /// Reads a microsecond timestamp column.
 fn ts(row: &Row, idx: usize) -> Result<OffsetDateTime, StoreError> {
     from_micros(row.try_get(idx)?)
+}
+
+/// Reads a nullable microsecond timestamp column.
+fn opt_ts(row: &Row, idx: usize) -> Result<Option<OffsetDateTime>, StoreError> {
+    row.try_get::<_, Option<i64>>(idx)?
+        .map(from_micros)
+        .transpose()
 }

@@ -9,82 +9,13 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use super::TestDb;
-use crate::{
-    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, OperatorToken, QuarantineEntry,
-    SCHEMA_VERSION, Store, StoreError,
+use super::fixtures::{
+    ALICE, BOB, T0, agent, at, event, issuance, join_token, operator_token, quarantine_entry,
 };
-
-/// A whole-second instant: survives the store's microsecond precision unchanged.
-fn at(unix_seconds: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(unix_seconds).unwrap()
-}
-
-const T0: i64 = 1_750_000_000;
-
-fn join_token(hash: &str, expires_at: OffsetDateTime) -> JoinToken {
-    JoinToken {
-        token_hash: hash.to_owned(),
-        spiffe_id: format!("spiffe://wardmesh.local/ns/vm/sa/{hash}"),
-        created_at: at(T0),
-        expires_at,
-        created_by: "operator:alice".to_owned(),
-    }
-}
-
-fn quarantine_entry(id: &str, reason: &str) -> QuarantineEntry {
-    QuarantineEntry {
-        spiffe_id: id.to_owned(),
-        reason: reason.to_owned(),
-        created_at: at(T0),
-        created_by: "operator:alice".to_owned(),
-    }
-}
-
-fn issuance(serial: &str, id: &str, issued_at: i64) -> Issuance {
-    Issuance {
-        serial_hex: serial.to_owned(),
-        spiffe_id: id.to_owned(),
-        not_before: at(issued_at - 60),
-        not_after: at(issued_at + 3600),
-        authority_id: "ab12".to_owned(),
-        attestation: "k8s_sa_token".to_owned(),
-        issued_at: at(issued_at),
-    }
-}
-
-fn agent(instance: &str, id: &str, last_seen: i64, revision: i64) -> AgentStatus {
-    AgentStatus {
-        spiffe_id: id.to_owned(),
-        instance_id: instance.to_owned(),
-        last_seen: at(last_seen),
-        cert_not_after: at(last_seen + 3600),
-        cert_authority_id: "ab12".to_owned(),
-        bundle_revision: revision,
-    }
-}
-
-fn event(n: i64) -> Event {
-    Event {
-        id: 999, // ignored by the store
-        at: at(T0 + n),
-        kind: "identity.issued".to_owned(),
-        actor: "control-plane".to_owned(),
-        subject: format!("spiffe://wardmesh.local/ns/a/sa/s{n}"),
-        detail: json!({ "n": n, "serial": format!("{n:04x}"), "nested": { "ok": true } }),
-    }
-}
-
-fn operator_token(hash: &str, role: &str) -> OperatorToken {
-    OperatorToken {
-        token_hash: hash.to_owned(),
-        name: format!("{role}-token"),
-        role: role.to_owned(),
-        created_at: at(T0),
-    }
-}
-
-const ALICE: &str = "spiffe://wardmesh.local/ns/clinic/sa/alice";
-const BOB: &str = "spiffe://wardmesh.local/ns/clinic/sa/bob";
+use crate::{
+    AgentStatus, ConsumeOutcome, Event, Issuance, JoinTokenRecord, SCHEMA_VERSION, Store,
+    StoreError,
+};
 
 pub(super) async fn check_migrations_idempotent(db: TestDb) {
     let first = db.open().await;
@@ -93,7 +24,12 @@ pub(super) async fn check_migrations_idempotent(db: TestDb) {
         .insert_operator_token(&operator_token("h1", "viewer"))
         .await
         .unwrap();
-    assert!(first.quarantine(&quarantine_entry(ALICE, "r")).await.unwrap());
+    assert!(
+        first
+            .quarantine(&quarantine_entry(ALICE, "r"))
+            .await
+            .unwrap()
+    );
     assert_eq!(first.append_event(&event(1)).await.unwrap(), 1);
 
     // Re-opening must neither fail nor re-seed the counters nor touch the data.
@@ -143,7 +79,10 @@ pub(super) async fn check_join_token_outcomes(store: Store) {
     );
     // Used wins over expired: the operator learns the token was used, not that it lapsed.
     assert_eq!(
-        store.consume_join_token("fresh", now + Duration::days(2)).await.unwrap(),
+        store
+            .consume_join_token("fresh", now + Duration::days(2))
+            .await
+            .unwrap(),
         ConsumeOutcome::AlreadyUsed { used_at: now }
     );
     assert_eq!(
@@ -159,7 +98,10 @@ pub(super) async fn check_join_token_outcomes(store: Store) {
     );
     // A failed attempt does not use the token up.
     assert_eq!(
-        store.consume_join_token("boundary", now - Duration::seconds(1)).await.unwrap(),
+        store
+            .consume_join_token("boundary", now - Duration::seconds(1))
+            .await
+            .unwrap(),
         ConsumeOutcome::Consumed {
             spiffe_id: "spiffe://wardmesh.local/ns/vm/sa/boundary".to_owned()
         }
@@ -180,6 +122,44 @@ pub(super) async fn check_join_token_outcomes(store: Store) {
         store.consume_join_token("fresh", later).await.unwrap(),
         ConsumeOutcome::AlreadyUsed { used_at: now }
     );
+}
+
+pub(super) async fn check_join_token_lookup(store: Store) {
+    assert_eq!(store.find_join_token("missing").await.unwrap(), None);
+
+    // A `now` finer than a microsecond: the recorded use is truncated towards the past.
+    let now = OffsetDateTime::from_unix_timestamp_nanos(1_750_000_100_123_456_789).unwrap();
+    let now_micros = OffsetDateTime::from_unix_timestamp_nanos(1_750_000_100_123_456_000).unwrap();
+    let token = join_token("looked-up", at(T0 + 3600));
+    store.insert_join_token(&token).await.unwrap();
+    let unused = JoinTokenRecord {
+        token: token.clone(),
+        used_at: None,
+    };
+    assert_eq!(
+        store.find_join_token("looked-up").await.unwrap(),
+        Some(unused.clone())
+    );
+    // Looking a token up does not use it up.
+    assert_eq!(
+        store.find_join_token("looked-up").await.unwrap(),
+        Some(unused)
+    );
+
+    assert_eq!(
+        store.consume_join_token("looked-up", now).await.unwrap(),
+        ConsumeOutcome::Consumed {
+            spiffe_id: token.spiffe_id.clone()
+        }
+    );
+    assert_eq!(
+        store.find_join_token("looked-up").await.unwrap(),
+        Some(JoinTokenRecord {
+            token,
+            used_at: Some(now_micros),
+        })
+    );
+    assert_eq!(store.find_join_token("missing").await.unwrap(), None);
 }
 
 /// `consumers` tasks on `stores` (round robin) race for one token; returns the outcomes.
@@ -240,7 +220,12 @@ pub(super) async fn check_quarantine_and_revision(store: Store) {
     assert!(store.list_quarantined().await.unwrap().is_empty());
     assert!(!store.is_quarantined(BOB).await.unwrap());
 
-    assert!(store.quarantine(&quarantine_entry(BOB, "leaked key")).await.unwrap());
+    assert!(
+        store
+            .quarantine(&quarantine_entry(BOB, "leaked key"))
+            .await
+            .unwrap()
+    );
     assert_eq!(store.deny_list_revision().await.unwrap(), 1);
     assert!(store.is_quarantined(BOB).await.unwrap());
 
@@ -250,7 +235,12 @@ pub(super) async fn check_quarantine_and_revision(store: Store) {
     assert!(!store.quarantine(&updated).await.unwrap());
     assert_eq!(store.deny_list_revision().await.unwrap(), 1);
 
-    assert!(store.quarantine(&quarantine_entry(ALICE, "audit")).await.unwrap());
+    assert!(
+        store
+            .quarantine(&quarantine_entry(ALICE, "audit"))
+            .await
+            .unwrap()
+    );
     assert_eq!(store.deny_list_revision().await.unwrap(), 2);
     assert_eq!(
         store.list_quarantined().await.unwrap(),
@@ -263,12 +253,22 @@ pub(super) async fn check_quarantine_and_revision(store: Store) {
     assert!(!store.is_quarantined(ALICE).await.unwrap());
     // Nothing to remove: no change, no bump.
     assert!(!store.unquarantine(ALICE).await.unwrap());
-    assert!(!store.unquarantine("spiffe://wardmesh.local/ns/x/sa/never").await.unwrap());
+    assert!(
+        !store
+            .unquarantine("spiffe://wardmesh.local/ns/x/sa/never")
+            .await
+            .unwrap()
+    );
     assert_eq!(store.deny_list_revision().await.unwrap(), 3);
     assert_eq!(store.list_quarantined().await.unwrap(), vec![updated]);
 
     // Re-adding a lifted ID is a change again.
-    assert!(store.quarantine(&quarantine_entry(ALICE, "again")).await.unwrap());
+    assert!(
+        store
+            .quarantine(&quarantine_entry(ALICE, "again"))
+            .await
+            .unwrap()
+    );
     assert_eq!(store.deny_list_revision().await.unwrap(), 4);
 }
 
@@ -281,7 +281,12 @@ pub(super) async fn check_revision_shared_across_replicas(db: TestDb) {
     // Both replicas quarantine the same ID at once: one adds it, one bump in total.
     let mut tasks = JoinSet::new();
     for store in [a.clone(), b.clone(), a.clone(), b.clone()] {
-        tasks.spawn(async move { store.quarantine(&quarantine_entry(BOB, "race")).await.unwrap() });
+        tasks.spawn(async move {
+            store
+                .quarantine(&quarantine_entry(BOB, "race"))
+                .await
+                .unwrap()
+        });
     }
     let added = tasks.join_all().await;
     assert_eq!(added.iter().filter(|added| **added).count(), 1, "{added:?}");
@@ -314,12 +319,27 @@ pub(super) async fn check_issuances_newest_first(store: Store) {
         store.list_issuances(Some(ALICE), 100).await.unwrap(),
         vec![records[3].clone(), records[2].clone(), records[0].clone()]
     );
-    assert_eq!(serials(store.list_issuances(Some(BOB), 1).await.unwrap()), ["05"]);
-    assert_eq!(serials(store.list_issuances(None, 2).await.unwrap()), ["05", "04"]);
+    assert_eq!(
+        serials(store.list_issuances(Some(BOB), 1).await.unwrap()),
+        ["05"]
+    );
+    assert_eq!(
+        serials(store.list_issuances(None, 2).await.unwrap()),
+        ["05", "04"]
+    );
     assert!(store.list_issuances(None, 0).await.unwrap().is_empty());
-    assert!(store.list_issuances(Some("spiffe://other"), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_issuances(Some("spiffe://other"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
-    let err = store.record_issuance(&issuance("03", BOB, T0 + 40)).await.unwrap_err();
+    let err = store
+        .record_issuance(&issuance("03", BOB, T0 + 40))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     // The same serial from another authority (e.g. after a CA rotation) is a new record.
     let mut other_ca = issuance("03", BOB, T0 + 40);
@@ -330,13 +350,17 @@ pub(super) async fn check_issuances_newest_first(store: Store) {
 }
 
 pub(super) async fn check_timestamps_keep_microseconds(store: Store) {
-    let micros = |us: i64| OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).unwrap();
+    let micros =
+        |us: i64| OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).unwrap();
     let mut record = issuance("aa", ALICE, T0);
     record.not_before = micros(-1); // just before the epoch
     record.not_after = time::macros::datetime!(9999-12-31 23:59:59.999999 UTC);
     record.issued_at = micros(1_750_000_000_123_456);
     store.record_issuance(&record).await.unwrap();
-    assert_eq!(store.list_issuances(None, 1).await.unwrap(), vec![record.clone()]);
+    assert_eq!(
+        store.list_issuances(None, 1).await.unwrap(),
+        vec![record.clone()]
+    );
 
     // Sub-microsecond precision is truncated towards the past.
     let mut fine = issuance("bb", ALICE, T0);
@@ -382,13 +406,17 @@ pub(super) async fn check_events_paging(store: Store) {
     assert_eq!(ids, (1..=7).collect::<Vec<_>>());
 
     let all = store.list_events(0, 100).await.unwrap();
-    let expected: Vec<Event> = (1..=7)
-        .map(|n| Event { id: n, ..event(n) })
-        .collect();
-    assert_eq!(all, expected, "ascending, with assigned ids and the same json detail");
+    let expected: Vec<Event> = (1..=7).map(|n| Event { id: n, ..event(n) }).collect();
+    assert_eq!(
+        all, expected,
+        "ascending, with assigned ids and the same json detail"
+    );
 
     let page = store.list_events(ids[1], 2).await.unwrap();
-    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[2], ids[3]]);
+    assert_eq!(
+        page.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [ids[2], ids[3]]
+    );
     assert!(store.list_events(ids[6], 10).await.unwrap().is_empty());
     assert!(store.list_events(0, 0).await.unwrap().is_empty());
 
@@ -441,7 +469,10 @@ pub(super) async fn check_operator_tokens(store: Store) {
         .insert_operator_token(&operator_token("h-viewer", "viewer"))
         .await
         .unwrap();
-    assert_eq!(store.find_operator_token("h-admin").await.unwrap(), Some(admin));
+    assert_eq!(
+        store.find_operator_token("h-admin").await.unwrap(),
+        Some(admin)
+    );
     assert_eq!(store.find_operator_token("h-unknown").await.unwrap(), None);
     assert_eq!(store.count_operator_tokens().await.unwrap(), 2);
 
@@ -452,7 +483,11 @@ pub(super) async fn check_operator_tokens(store: Store) {
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert_eq!(store.count_operator_tokens().await.unwrap(), 2);
     assert_eq!(
-        store.find_operator_token("h-admin").await.unwrap().map(|t| t.role),
+        store
+            .find_operator_token("h-admin")
+            .await
+            .unwrap()
+            .map(|t| t.role),
         Some("security-admin".to_owned()),
         "the duplicate did not overwrite the original"
     );
@@ -475,8 +510,14 @@ pub(super) async fn check_persists_across_reopen(db: TestDb) {
             ConsumeOutcome::Consumed { .. }
         ));
         store.quarantine(&quarantine_entry(BOB, "r")).await.unwrap();
-        store.record_issuance(&issuance("01", ALICE, T0)).await.unwrap();
-        store.upsert_agent(&agent("pod-a1", ALICE, T0, 3)).await.unwrap();
+        store
+            .record_issuance(&issuance("01", ALICE, T0))
+            .await
+            .unwrap();
+        store
+            .upsert_agent(&agent("pod-a1", ALICE, T0, 3))
+            .await
+            .unwrap();
         store.append_event(&event(1)).await.unwrap();
         store
             .insert_operator_token(&operator_token("h", "auditor"))
@@ -501,7 +542,11 @@ pub(super) async fn check_persists_across_reopen(db: TestDb) {
         store.list_events(0, 10).await.unwrap(),
         vec![Event { id: 1, ..event(1) }]
     );
-    assert_eq!(store.append_event(&event(2)).await.unwrap(), 2, "ids continue");
+    assert_eq!(
+        store.append_event(&event(2)).await.unwrap(),
+        2,
+        "ids continue"
+    );
     assert_eq!(store.count_operator_tokens().await.unwrap(), 1);
     assert_eq!(
         store.consume_join_token("spent", now).await.unwrap(),

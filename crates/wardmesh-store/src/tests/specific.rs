@@ -25,8 +25,14 @@ async fn postgres_password_never_appears_in_errors() {
         .unwrap_err();
     assert!(matches!(err, StoreError::PostgresConnect { .. }), "{err:?}");
     let (display, debug) = (err.to_string(), format!("{err:?}"));
-    assert!(display.contains("postgres://alice:***@127.0.0.1:1/wardmesh"), "{display}");
-    assert!(display.contains("check that the server is running"), "{display}");
+    assert!(
+        display.contains("postgres://alice:***@127.0.0.1:1/wardmesh"),
+        "{display}"
+    );
+    assert!(
+        display.contains("check that the server is running"),
+        "{display}"
+    );
     for text in [&display, &debug] {
         assert!(!text.contains("s3cret"), "password leaked: {text}");
     }
@@ -36,7 +42,10 @@ async fn postgres_password_never_appears_in_errors() {
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err:?}");
     let (display, debug) = (err.to_string(), format!("{err:?}"));
-    assert!(display.contains("postgresql://alice:***@db:notaport/wm"), "{display}");
+    assert!(
+        display.contains("postgresql://alice:***@db:notaport/wm"),
+        "{display}"
+    );
     assert!(display.contains("port"), "says what is wrong: {display}");
     for text in [&display, &debug] {
         assert!(!text.contains("s3cret"), "password leaked: {text}");
@@ -65,17 +74,20 @@ async fn sqlite_file_is_created_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("new.db");
     assert!(!path.exists());
-    let store = Store::open(&format!("sqlite:{}", path.display())).await.unwrap();
-    store.append_event(&crate::Event {
-        id: 0,
-        at: time::OffsetDateTime::UNIX_EPOCH,
-        kind: "k".to_owned(),
-        actor: "a".to_owned(),
-        subject: "s".to_owned(),
-        detail: serde_json::json!({}),
-    })
-    .await
-    .unwrap();
+    let store = Store::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    store
+        .append_event(&crate::Event {
+            id: 0,
+            at: time::OffsetDateTime::UNIX_EPOCH,
+            kind: "k".to_owned(),
+            actor: "a".to_owned(),
+            subject: "s".to_owned(),
+            detail: serde_json::json!({}),
+        })
+        .await
+        .unwrap();
     assert!(path.exists());
     // An independent connection (another process would see the same) reads the schema
     // and the committed row.
@@ -196,5 +208,8 @@ async fn postgres_server_errors_are_shown_without_the_password() {
         msg.contains("database \"wm_no_such_database\" does not exist"),
         "the server's reason is passed on: {msg}"
     );
-    assert!(!msg.contains("s3cret") && !format!("{err:?}").contains("s3cret"), "{msg}");
+    assert!(
+        !msg.contains("s3cret") && !format!("{err:?}").contains("s3cret"),
+        "{msg}"
+    );
 }

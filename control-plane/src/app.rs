@@ -1,0 +1,166 @@
+//! The composition root: open the store, load the CA, start the pollers and the API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wardmesh_identity::attest::SaTokenVerifier;
+use wardmesh_identity::ca::CaDir;
+use wardmesh_identity::seal::{SealKey, write_private};
+use wardmesh_store::Store;
+
+use crate::api::{ApiState, router};
+use crate::ca_state::CaManager;
+use crate::config::ControlPlaneConfig;
+use crate::identity::{Clock, IdentityService, system_clock};
+use crate::metrics::Metrics;
+use crate::operator::{DenyListPublisher, OperatorService, bootstrap_admin_token};
+
+/// File (in the state dir) holding the bootstrap security-admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// A started control plane. Dropping it does not stop it; call [`Self::shutdown`].
+#[derive(Debug)]
+pub struct RunningControlPlane {
+    pub addr: SocketAddr,
+    pub ca: Arc<CaManager>,
+    pub store: Store,
+    pub operator: OperatorService,
+    stop: Option<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<()>,
+}
+
+impl RunningControlPlane {
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.server).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Resolves when the server stops (it only stops through [`Self::shutdown`]).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.server).await;
+    }
+}
+
+pub async fn start(
+    config: &ControlPlaneConfig,
+    registry: Arc<prometheus::Registry>,
+) -> anyhow::Result<RunningControlPlane> {
+    start_with_clock(config, registry, system_clock()).await
+}
+
+pub async fn start_with_clock(
+    config: &ControlPlaneConfig,
+    registry: Arc<prometheus::Registry>,
+    clock: Clock,
+) -> anyhow::Result<RunningControlPlane> {
+    let metrics = Metrics::new(&registry).context("registering metrics")?;
+    let store = Store::open(&config.store_url)
+        .await
+        .context("opening the store")?;
+    let seal =
+        SealKey::from_env_or_file(&config.seal_key_file).context("loading the CA sealing key")?;
+    let dir = CaDir::new(&config.ca_dir);
+    let ca = Arc::new(
+        CaManager::load(
+            dir,
+            seal,
+            config.server_names.clone(),
+            metrics.clone(),
+            clock(),
+        )
+        .with_context(|| format!("loading the CA from {}", config.ca_dir.display()))?,
+    );
+    let sa_verifier = match &config.k8s {
+        Some(k) => {
+            let jwks = std::fs::read_to_string(&k.jwks_file)
+                .with_context(|| format!("reading {}", k.jwks_file.display()))?;
+            let td = ca.current().trust_domain().clone();
+            Some(Arc::new(
+                SaTokenVerifier::new(&k.issuer, &jwks, td)
+                    .context("loading the Kubernetes JWKS")?,
+            ))
+        }
+        None => None,
+    };
+    write_bootstrap_token(&store, &config.state_dir, clock()).await?;
+    let deny = DenyListPublisher::load(&store, metrics.clone())
+        .await
+        .context("loading the deny-list")?;
+
+    let identity = IdentityService {
+        store: store.clone(),
+        ca: ca.clone(),
+        sa_verifier,
+        leaf_ttl: config.leaf_ttl,
+        metrics,
+        clock: clock.clone(),
+    };
+    let operator = OperatorService {
+        store: store.clone(),
+        ca: ca.clone(),
+        deny: deny.clone(),
+        clock: clock.clone(),
+    };
+    let state = ApiState {
+        identity,
+        operator: operator.clone(),
+        registry,
+    };
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "binding {}; is another control plane running?",
+            config.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let tasks = vec![
+        tokio::spawn(ca.clone().poll(config.ca_poll_interval, clock.clone())),
+        tokio::spawn(deny.poll(store.clone(), config.ca_poll_interval)),
+    ];
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        ca.subscribe(),
+        router(state),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    tracing::info!(%addr, store = store.backend_name(), trust_domain = %ca.current().trust_domain(), "control plane listening");
+    Ok(RunningControlPlane {
+        addr,
+        ca,
+        store,
+        operator,
+        stop: Some(stop),
+        tasks,
+        server,
+    })
+}
+
+async fn write_bootstrap_token(
+    store: &Store,
+    state_dir: &Path,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<()> {
+    if let Some(token) = bootstrap_admin_token(store, now).await? {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let path = state_dir.join(ADMIN_TOKEN_FILE);
+        write_private(&path, format!("{token}\n").as_bytes())?;
+        tracing::info!(path = %path.display(), "wrote the bootstrap security-admin token");
+    }
+    Ok(())
+}
