@@ -1,0 +1,4 @@
+//! wardmesh integration tests: one binary, real TLS, real sockets, real stores.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod identity_api;
