@@ -6,6 +6,7 @@ mod issue;
 
 use std::time::Duration;
 
+use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -75,12 +76,17 @@ pub fn generate_authority(
     now: OffsetDateTime,
     lifetimes: CaLifetimes,
 ) -> Result<GeneratedAuthority, rcgen::Error> {
-    let stamp = now.unix_timestamp();
+    // Distinct authorities get distinct names even when created in the same second:
+    // verifiers pick candidate issuers by name before they check signatures.
+    let mut tag = [0u8; 4];
+    rand::rngs::OsRng.fill_bytes(&mut tag);
+    let stamp = format!("{} {}", now.unix_timestamp(), hex::encode(tag));
     let root_key = KeyPair::generate()?;
     let root_params = ca_params(format!("wardmesh root {stamp}"), td, now, lifetimes.root, 1);
     let root_cert = root_params.self_signed(&root_key)?;
     let root_issuer = Issuer::new(root_params, &root_key);
-    let intermediate = generate_intermediate_with(td, now, lifetimes.intermediate, &root_issuer)?;
+    let intermediate =
+        generate_intermediate_with(td, now, &stamp, lifetimes.intermediate, &root_issuer)?;
     Ok(GeneratedAuthority {
         root_pem: root_cert.pem(),
         root_key,
@@ -92,17 +98,12 @@ pub fn generate_authority(
 fn generate_intermediate_with(
     td: &TrustDomain,
     now: OffsetDateTime,
+    stamp: &str,
     ttl: Duration,
     root: &Issuer<'_, &KeyPair>,
 ) -> Result<(String, KeyPair), rcgen::Error> {
     let key = KeyPair::generate()?;
-    let params = ca_params(
-        format!("wardmesh intermediate {}", now.unix_timestamp()),
-        td,
-        now,
-        ttl,
-        0,
-    );
+    let params = ca_params(format!("wardmesh intermediate {stamp}"), td, now, ttl, 0);
     let cert = params.signed_by(&key, root)?;
     Ok((cert.pem(), key))
 }

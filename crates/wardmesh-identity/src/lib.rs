@@ -13,4 +13,7 @@ pub mod spiffe;
 pub mod svid;
 pub mod tls;
 
+#[cfg(test)]
+mod testutil;
+
 pub use spiffe::{SpiffeId, TrustDomain};

@@ -258,4 +258,94 @@ mod tests {
         assert!(SealKey::from_hex(&"zz".repeat(32), "test").is_err());
         assert_eq!(format!("{key:?}"), "SealKey(<redacted>)");
     }
+
+    #[test]
+    fn key_files_load_and_bad_ones_say_which_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = SealKey::generate();
+        let good = tmp.path().join("seal.key");
+        // As an operator writes it: hex and a trailing newline.
+        std::fs::write(&good, format!("{}\n", key.to_hex().as_str())).unwrap();
+        let loaded = SealKey::from_file(&good).unwrap();
+        assert_eq!(loaded.to_hex().as_str(), key.to_hex().as_str());
+        let sealed = key.seal("p", b"payload");
+        assert_eq!(
+            loaded.open("p", &sealed, &good).unwrap().as_slice(),
+            b"payload"
+        );
+
+        let origin = |p: &Path| p.display().to_string();
+        for (name, text) in [
+            ("short.key", "abcd".to_owned()),
+            ("long.key", "ab".repeat(33)),
+            ("nothex.key", "zz".repeat(32)),
+            ("empty.key", String::new()),
+            ("pem.key", "-----BEGIN PRIVATE KEY-----\n".to_owned()),
+        ] {
+            let p = tmp.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            match SealKey::from_file(&p) {
+                Err(SealError::BadKey { origin: o }) => assert_eq!(o, origin(&p)),
+                other => panic!("{name}: expected BadKey, got {other:?}"),
+            }
+        }
+        let missing = tmp.path().join("missing.key");
+        assert!(matches!(
+            SealKey::from_file(&missing),
+            Err(SealError::Read { path, .. }) if path == missing
+        ));
+        // The error text never echoes the key material.
+        let leaky = tmp.path().join("leaky.key");
+        std::fs::write(&leaky, format!("{}ff", key.to_hex().as_str())).unwrap();
+        let msg = SealKey::from_file(&leaky).unwrap_err().to_string();
+        assert!(!msg.contains(key.to_hex().as_str()), "{msg}");
+    }
+
+    #[test]
+    fn write_private_is_owner_only_and_replaces_atomically() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("x.key.sealed");
+        write_private(&p, b"first").unwrap();
+        write_private(&p, b"second").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("x.key.sealed")]);
+        assert!(matches!(
+            write_private(&tmp.path().join("no/such/dir/f"), b"x"),
+            Err(SealError::Write { .. })
+        ));
+    }
+
+    #[test]
+    fn sealed_envelope_fields_are_checked() {
+        let key = SealKey::generate();
+        let sealed = key.seal("k", b"data");
+        let p = Path::new("f");
+        let mut v: serde_json::Value = serde_json::from_slice(&sealed).unwrap();
+        assert_eq!(v["purpose"], "k");
+        for (field, value) in [
+            ("format", "wardmesh-sealed-v2"),
+            ("alg", "AES-128-GCM"),
+            ("nonce", "not base64!"),
+            ("nonce", "AAAA"),
+            ("ciphertext", "not base64!"),
+        ] {
+            let original = v[field].clone();
+            v[field] = value.into();
+            let bytes = serde_json::to_vec(&v).unwrap();
+            assert!(
+                matches!(key.open("k", &bytes, p), Err(SealError::Corrupt { .. })),
+                "{field}={value}"
+            );
+            v[field] = original;
+        }
+        // Two seals of the same data differ (fresh nonce each time).
+        assert_ne!(key.seal("k", b"data"), sealed);
+    }
 }

@@ -28,7 +28,7 @@ pub struct SvidInfo {
     pub serial_hex: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
-    /// Hex SHA-256 of the issuer's subject public key id when present, else of the issuer DN.
+    /// The issuer's distinguished name, e.g. `O=wardmesh, OU=wardmesh.local, CN=…`.
     pub issuer: String,
 }
 
@@ -100,3 +100,6 @@ pub fn fingerprint(der: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(der))
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use rand::RngCore;
 use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
 };
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
@@ -90,8 +90,10 @@ fn parse_csr_input(csr: &[u8]) -> Result<Vec<u8>, IssueError> {
     }
 }
 
-/// Checks a CSR against the attested identity. Returns the DER for signing.
-fn validate_csr(csr: &[u8], attested: &SpiffeId) -> Result<Vec<u8>, IssueError> {
+/// Checks a CSR against the attested identity. Returns the requested key for signing,
+/// taken from the request's SubjectPublicKeyInfo as is (not guessed from the algorithm
+/// that signed the request, which for ECDSA names the hash, not the curve).
+fn validate_csr(csr: &[u8], attested: &SpiffeId) -> Result<SubjectPublicKeyInfo, IssueError> {
     let der = parse_csr_input(csr)?;
     let (rest, req) = X509CertificationRequest::from_der(&der)
         .map_err(|e| IssueError::CsrMalformed(e.to_string()))?;
@@ -150,7 +152,7 @@ fn validate_csr(csr: &[u8], attested: &SpiffeId) -> Result<Vec<u8>, IssueError> 
             _ => {}
         }
     }
-    Ok(der)
+    SubjectPublicKeyInfo::from_der(spki.raw).map_err(|e| IssueError::CsrKeyType(e.to_string()))
 }
 
 impl Signer {
@@ -182,13 +184,10 @@ impl Signer {
         now: OffsetDateTime,
     ) -> Result<IssuedSvid, IssueError> {
         self.check_id(id, now)?;
-        let der = validate_csr(csr, id)?;
-        let req =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
-                .map_err(|_| IssueError::CsrSignature)?;
+        let public_key = validate_csr(csr, id)?;
         let params = self.leaf_params(id, ttl, now, Vec::new())?;
         let cert = params
-            .signed_by(&req.public_key, &self.issuer)
+            .signed_by(&public_key, &self.issuer)
             .map_err(|e| IssueError::Generate(e.to_string()))?;
         Ok(self.issued(id, &params, cert.der().clone()))
     }
