@@ -23,7 +23,12 @@ pub fn renewal_delay(
     jitter: f64,
 ) -> Duration {
     let lifetime = (not_after - not_before).as_seconds_f64().max(0.0);
-    let fraction = RENEW_FRACTION + JITTER_FRACTION * jitter.clamp(-1.0, 1.0);
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let fraction = RENEW_FRACTION + JITTER_FRACTION * jitter;
     let renew_at = not_before + time::Duration::seconds_f64(lifetime * fraction);
     let wait = (renew_at - now).as_seconds_f64();
     if wait <= 0.0 {

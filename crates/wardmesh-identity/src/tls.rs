@@ -5,9 +5,9 @@
 //! play no part: the peer's identity is its SPIFFE ID, which callers read with
 //! [`peer_spiffe_id`] and compare with what they expected.
 //!
-//! Configs are immutable; rotation builds new ones and publishes them (see
-//! [`crate::rotation`]), so a connection keeps the material it started with while new
-//! connections pick up the new certificate and bundle.
+//! Configs are immutable; on renewal or a new bundle the agent builds new ones and
+//! publishes them through a `watch`, so a connection keeps the material it started with
+//! while new connections pick up the new certificate and bundle.
 
 mod verifier;
 

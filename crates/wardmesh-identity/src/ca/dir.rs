@@ -428,8 +428,26 @@ fn validate_pair(
             "root and intermediate must both be CA certificates (basicConstraints cA=true)".into(),
         ));
     }
+    root.verify_signature(None)
+        .map_err(|_| bad("root is not self-signed".into()))?;
+    if !root
+        .validity()
+        .is_valid_at(x509_parser::time::ASN1Time::from(now))
+    {
+        return Err(bad("root is expired or not yet valid".into()));
+    }
     int.verify_signature(Some(root.public_key()))
         .map_err(|_| bad("intermediate is not signed by the root".into()))?;
+    let can_sign = match int.key_usage() {
+        Ok(Some(ku)) => ku.value.key_cert_sign(),
+        Ok(None) => true,
+        Err(e) => return Err(bad(format!("intermediate key usage: {e}"))),
+    };
+    if !can_sign {
+        return Err(bad(
+            "intermediate's key usage does not allow keyCertSign".into()
+        ));
+    }
     if int.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(bad(
             "intermediate private key does not match the intermediate certificate".into(),
