@@ -1,0 +1,145 @@
+//! The composition root: configuration in, running tasks out, in one linear function.
+//!
+//! [`start`] validates the config, reads the bootstrap trust bundle, binds the admin
+//! port, starts the identity manager and the admin server, and returns a
+//! [`RunningAgent`] with the handles that `wardctl up` and integration tests embed.
+//! [`run`] is what the binary calls: start, wait for the shutdown signal, stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::admin::{self, AdminState};
+use crate::clock::{Clock, SystemClock};
+use crate::config::AgentConfig;
+use crate::identity::{
+    self, CertificateSource, ControlPlaneClient, DenyList, IdentityHandle, IdentityOptions,
+    IdentityTasks, WorkloadState,
+};
+
+/// A started agent: handles to what it publishes, and a way to stop it.
+#[derive(Debug)]
+pub struct RunningAgent {
+    identity: IdentityHandle,
+    admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    identity_tasks: IdentityTasks,
+    admin_task: JoinHandle<()>,
+}
+
+impl RunningAgent {
+    pub fn identity(&self) -> &IdentityHandle {
+        &self.identity
+    }
+
+    /// The workload state channel (`None` until the first certificate).
+    pub fn workload_state(&self) -> watch::Receiver<Option<Arc<WorkloadState>>> {
+        self.identity.subscribe()
+    }
+
+    pub fn deny_list(&self) -> watch::Receiver<Arc<DenyList>> {
+        self.identity.subscribe_deny_list()
+    }
+
+    /// The admin server's bound address (resolves port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Cancelling this token stops the agent, like [`RunningAgent::shutdown`].
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops every task and waits for them (open admin connections get up to 5 s).
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.identity_tasks.join().await;
+        if let Err(e) = self.admin_task.await
+            && e.is_panic()
+        {
+            tracing::error!("admin server panicked");
+        }
+        info!("agent stopped");
+    }
+}
+
+/// Starts an agent against the control plane in `config`. Metrics go to `registry`.
+/// Fails only on local problems (invalid config, unreadable bundle, admin port taken);
+/// an unreachable control plane is retried in the background.
+pub async fn start(config: AgentConfig, registry: Registry) -> anyhow::Result<RunningAgent> {
+    config.validate()?;
+    let bootstrap = config.load_trust_bundle()?;
+    let source = ControlPlaneClient::from_config(&config, &bootstrap)?;
+    start_with_source(config, registry, Arc::new(SystemClock), source).await
+}
+
+/// [`start`] with another certificate source and clock (tests, embedding).
+pub async fn start_with_source<S: CertificateSource>(
+    config: AgentConfig,
+    registry: Registry,
+    clock: Arc<dyn Clock>,
+    source: S,
+) -> anyhow::Result<RunningAgent> {
+    config.validate()?;
+    let listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on admin address {}", config.admin_addr))?;
+    let admin_addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+
+    let options = IdentityOptions {
+        instance_id: config.instance_id.clone(),
+        sync_wait_seconds: config.sync_wait_seconds,
+        trust_domain: config.trust_domain.clone(),
+        jitter_seed: None,
+    };
+    let (identity, identity_tasks) = identity::spawn(
+        source,
+        options,
+        Arc::clone(&clock),
+        &registry,
+        shutdown.child_token(),
+    )
+    .context("cannot register identity metrics")?;
+
+    let admin_state = AdminState::new(&config, identity.clone(), registry, clock)?;
+    let admin_task = tokio::spawn(admin::serve(
+        listener,
+        Arc::new(admin_state),
+        shutdown.child_token(),
+    ));
+    info!(
+        admin = %admin_addr,
+        control_plane = %config.control_plane_url,
+        instance_id = %config.instance_id,
+        "agent started"
+    );
+    Ok(RunningAgent {
+        identity,
+        admin_addr,
+        shutdown,
+        identity_tasks,
+        admin_task,
+    })
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let agent = start(config, Registry::new()).await?;
+    shutdown.await;
+    info!("shutting down");
+    agent.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! Command-line interface: `wardmesh-agent run [flags]`. Flags also read `WARDMESH_*`
+//! environment variables; the join token's value is never shown in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use wardmesh_identity::TrustDomain;
+
+use crate::config::{
+    AgentConfig, AttestationConfig, ConfigError, DEFAULT_SYNC_WAIT_SECONDS, SecretString,
+    default_admin_addr, random_instance_id,
+};
+
+const RUN_EXAMPLE: &str = "\
+Example (outside Kubernetes, with a join token from `wardctl token create`):
+  export WARDMESH_JOIN_TOKEN=<token>
+  wardmesh-agent run --control-plane https://127.0.0.1:7443 --trust-bundle ./bundle.pem
+
+In Kubernetes the injected sidecar uses the projected service-account token instead:
+  wardmesh-agent run --control-plane https://wardmesh-control-plane.wardmesh-system.svc:7443 \\
+    --trust-bundle /etc/wardmesh/bundle.pem --sa-token-file /var/run/secrets/wardmesh/token
+
+Logging: RUST_LOG=info (default), e.g. RUST_LOG=wardmesh_agent=debug.";
+
+/// The wardmesh sidecar agent.
+#[derive(Debug, Parser)]
+#[command(name = "wardmesh-agent", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: obtain and renew the workload identity, serve the admin endpoints.
+    #[command(after_help = RUN_EXAMPLE)]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("attestation")
+        .required(true)
+        .args(["join_token", "sa_token_file"])
+))]
+pub struct RunArgs {
+    /// Control-plane API base URL (https).
+    #[arg(long, env = "WARDMESH_CONTROL_PLANE", value_name = "URL")]
+    pub control_plane: String,
+
+    /// PEM file with the trust bundle's roots: the agent's bootstrap trust.
+    #[arg(long, env = "WARDMESH_TRUST_BUNDLE", value_name = "FILE")]
+    pub trust_bundle: PathBuf,
+
+    /// Single-use join token (prefer the environment variable: flags show in `ps`).
+    #[arg(
+        long,
+        env = "WARDMESH_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub join_token: Option<SecretString>,
+
+    /// Kubernetes projected service-account token file (audience `wardmesh`).
+    #[arg(long, env = "WARDMESH_SA_TOKEN_FILE", value_name = "FILE")]
+    pub sa_token_file: Option<PathBuf>,
+
+    /// Admin server address (/live, /ready, /metrics, /config_dump).
+    #[arg(long, env = "WARDMESH_ADMIN_ADDR", default_value_t = default_admin_addr())]
+    pub admin_addr: SocketAddr,
+
+    /// Instance id reported to the control plane [default: random hex].
+    #[arg(long, env = "WARDMESH_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Long-poll wait of control-plane sync, in seconds (1-60).
+    #[arg(
+        long,
+        default_value_t = DEFAULT_SYNC_WAIT_SECONDS,
+        value_parser = clap::value_parser!(u32).range(1..=60)
+    )]
+    pub sync_wait_seconds: u32,
+
+    /// Expected trust domain [default: whatever the control plane issues].
+    #[arg(long, env = "WARDMESH_TRUST_DOMAIN")]
+    pub trust_domain: Option<TrustDomain>,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
+        let attestation = match (self.join_token, self.sa_token_file) {
+            (Some(token), _) => AttestationConfig::JoinToken { token },
+            (None, Some(path)) => AttestationConfig::SaTokenFile { path },
+            (None, None) => return Err(ConfigError::EmptyJoinToken),
+        };
+        let config = AgentConfig {
+            control_plane_url: self.control_plane,
+            trust_bundle: self.trust_bundle,
+            attestation,
+            admin_addr: self.admin_addr,
+            instance_id: self.instance_id.unwrap_or_else(random_instance_id),
+            sync_wait_seconds: self.sync_wait_seconds,
+            trust_domain: self.trust_domain,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("wardmesh-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_with_join_token() {
+        let cli = parse(&[
+            "run",
+            "--control-plane",
+            "https://127.0.0.1:7443",
+            "--trust-bundle",
+            "b.pem",
+            "--join-token",
+            "wmjt_secret",
+            "--instance-id",
+            "pod-1",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command;
+        assert!(!format!("{args:?}").contains("wmjt_secret"));
+        let config = args.into_config().unwrap();
+        assert_eq!(config.instance_id, "pod-1");
+        assert_eq!(config.admin_addr, default_admin_addr());
+        assert_eq!(config.sync_wait_seconds, 30);
+        match &config.attestation {
+            AttestationConfig::JoinToken { token } => assert_eq!(token.expose(), "wmjt_secret"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn attestation_is_required_and_exclusive() {
+        let base = [
+            "run",
+            "--control-plane",
+            "https://cp:7443",
+            "--trust-bundle",
+            "b.pem",
+        ];
+        assert!(parse(&base).is_err(), "no attestation");
+        let mut both = base.to_vec();
+        both.extend(["--join-token", "t", "--sa-token-file", "/tok"]);
+        assert!(parse(&both).is_err(), "both attestations");
+        let mut wait = base.to_vec();
+        wait.extend(["--sa-token-file", "/tok", "--sync-wait-seconds", "61"]);
+        assert!(parse(&wait).is_err(), "wait above 60");
+    }
+}
