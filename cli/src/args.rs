@@ -25,7 +25,12 @@ pub struct Global {
     #[arg(long, global = true, env = "WARDMESH_HOME", default_value_os_t = default_home())]
     pub home: PathBuf,
     /// Control-plane API base URL.
-    #[arg(long, global = true, env = "WARDMESH_CONTROL_PLANE", default_value = "https://127.0.0.1:7443")]
+    #[arg(
+        long,
+        global = true,
+        env = "WARDMESH_CONTROL_PLANE",
+        default_value = "https://127.0.0.1:7443"
+    )]
     pub control_plane: String,
     /// Operator token (default: contents of <home>/admin.token).
     #[arg(long, global = true, env = "WARDMESH_TOKEN", hide_env_values = true)]

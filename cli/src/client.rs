@@ -83,16 +83,31 @@ impl Client {
         r
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
-        self.send(self.req(reqwest::Method::GET, path).query(query)).await
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::GET, path).query(query))
+            .await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.send(self.req(reqwest::Method::POST, path).json(body)).await
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::POST, path).json(body))
+            .await
     }
 
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
-        self.send(self.req(reqwest::Method::DELETE, path).query(query)).await
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::DELETE, path).query(query))
+            .await
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
@@ -110,6 +125,7 @@ impl Client {
                 Err(_) => anyhow!("control plane answered {status}"),
             });
         }
-        serde_json::from_slice(&bytes).context("the control plane's answer is not the expected JSON")
+        serde_json::from_slice(&bytes)
+            .context("the control plane's answer is not the expected JSON")
     }
 }

@@ -37,7 +37,10 @@ pub fn table(headers: &[&str], cells: &[Vec<String>]) -> String {
         s.push_str(parts.join("  ").trim_end());
         s.push('\n');
     };
-    line(&mut s, &headers.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    line(
+        &mut s,
+        &headers.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    );
     for row in cells {
         line(&mut s, row);
     }

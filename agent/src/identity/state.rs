@@ -46,6 +46,9 @@ pub struct WorkloadState {
     pub bundle: Arc<TrustBundle>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// When the agent received the leaf. The CA backdates `not_before` for clock skew;
+    /// renewal is scheduled from this instant so short lifetimes are not cut early.
+    pub received_at: OffsetDateTime,
     /// The authority (intermediate) that signed the leaf.
     pub authority_id: String,
     /// Inbound mesh TLS: client certificate required, TLS 1.3, mesh ALPN.
@@ -97,7 +100,12 @@ impl WorkloadState {
             });
         }
         verify_chain(&svid, &bundle, now)?;
-        Self::build(Arc::new(svid), Arc::new(bundle), resp.authority_id.clone())
+        Self::build(
+            Arc::new(svid),
+            Arc::new(bundle),
+            resp.authority_id.clone(),
+            now,
+        )
     }
 
     /// The same SVID with a new trust bundle (a sync brought a new revision).
@@ -112,6 +120,7 @@ impl WorkloadState {
             Arc::clone(&self.svid),
             Arc::new(bundle),
             self.authority_id.clone(),
+            self.received_at,
         )
     }
 
@@ -119,6 +128,7 @@ impl WorkloadState {
         svid: Arc<Svid>,
         bundle: Arc<TrustBundle>,
         authority_id: String,
+        received_at: OffsetDateTime,
     ) -> Result<Self, StateError> {
         let server_config = Arc::new(mesh_server_config(&svid, &bundle)?);
         let client_config = Arc::new(mesh_client_config(&svid, &bundle)?);
@@ -126,6 +136,7 @@ impl WorkloadState {
             spiffe_id: svid.spiffe_id().clone(),
             not_before: svid.info.not_before,
             not_after: svid.info.not_after,
+            received_at,
             svid,
             bundle,
             authority_id,

@@ -279,8 +279,8 @@ impl<S: CertificateSource> Worker<S> {
     /// The tokio deadline of the next renewal, with a fresh jitter sample.
     fn schedule_renewal(&mut self, state: &WorkloadState) -> Instant {
         let jitter = self.rng.gen_range(-1.0..=1.0);
-        let delay =
-            rotation::renewal_delay(state.not_before, state.not_after, self.clock.now(), jitter);
+        let start = state.not_before.max(state.received_at);
+        let delay = rotation::renewal_delay(start, state.not_after, self.clock.now(), jitter);
         debug!(renew_in_s = delay.as_secs_f64(), "renewal scheduled");
         Instant::now() + delay
     }

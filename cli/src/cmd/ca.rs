@@ -34,11 +34,15 @@ pub fn load_or_create_seal(path: &Path, create: bool) -> anyhow::Result<SealKey>
     let from_env = std::env::var(SEAL_KEY_ENV).is_ok_and(|v| !v.is_empty());
     if from_env || path.exists() || !create {
         return SealKey::from_env_or_file(path).with_context(|| {
-            format!("loading the sealing key ({SEAL_KEY_ENV} or {})", path.display())
+            format!(
+                "loading the sealing key ({SEAL_KEY_ENV} or {})",
+                path.display()
+            )
         });
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let key = SealKey::generate();
     write_private(path, format!("{}\n", key.to_hex().as_str()).as_bytes())?;
@@ -136,7 +140,10 @@ fn print_status(out: Output, dir: &CaDir) -> anyhow::Result<()> {
                 .collect();
             print!(
                 "{}",
-                table(&["AUTHORITY", "CERT", "SUBJECT", "EXPIRES", "SHA256"], &cells)
+                table(
+                    &["AUTHORITY", "CERT", "SUBJECT", "EXPIRES", "SHA256"],
+                    &cells
+                )
             );
         }
     }
@@ -147,7 +154,11 @@ async fn rotate(g: &Global, a: CaRotateArgs) -> anyhow::Result<()> {
     let dir = ca_dir(g, &a.dir.dir);
     let steps = match a.step {
         Some(s) => vec![s],
-        None => vec![RotateStep::Prepare, RotateStep::Activate, RotateStep::Retire],
+        None => vec![
+            RotateStep::Prepare,
+            RotateStep::Activate,
+            RotateStep::Retire,
+        ],
     };
     let waiting = a.step.is_none();
     let client = Client::new(g).ok();
@@ -155,7 +166,8 @@ async fn rotate(g: &Global, a: CaRotateArgs) -> anyhow::Result<()> {
         if step == RotateStep::Retire && !a.force {
             if let Some(c) = &client {
                 let state = dir.read_state()?;
-                let stragglers = agents_not_matching(c, |ag| ag.cert_authority_id == state.active).await?;
+                let stragglers =
+                    agents_not_matching(c, |ag| ag.cert_authority_id == state.active).await?;
                 if !stragglers.is_empty() {
                     bail!(
                         "{} agent(s) still hold certificates from the old authority ({}); retiring now would cut them off. Wait, or pass --force",
@@ -174,9 +186,14 @@ async fn rotate(g: &Global, a: CaRotateArgs) -> anyhow::Result<()> {
             state.trusted.join(",")
         );
         if let Some(c) = &client {
-            match c.post::<_, CaStatus>(paths::CA_RELOAD, &serde_json::json!({})).await {
+            match c
+                .post::<_, CaStatus>(paths::CA_RELOAD, &serde_json::json!({}))
+                .await
+            {
                 Ok(s) => println!("  control plane reloaded (revision {})", s.revision),
-                Err(e) => eprintln!("  note: control plane not reloaded now ({e:#}); it polls the CA directory"),
+                Err(e) => eprintln!(
+                    "  note: control plane not reloaded now ({e:#}); it polls the CA directory"
+                ),
             }
             if waiting {
                 wait_for_agents(c, step, &state, Duration::from_secs(a.wait_seconds)).await?;
@@ -230,12 +247,13 @@ async fn wait_for_agents(
             RotateStep::Activate => {
                 agents_not_matching(c, |ag| ag.cert_authority_id == state.active).await?
             }
-            _ => {
-                agents_not_matching(c, |ag| ag.bundle_revision >= state.revision as i64).await?
-            }
+            _ => agents_not_matching(c, |ag| ag.bundle_revision >= state.revision as i64).await?,
         };
         if pending.is_empty() {
-            println!("  all active agents converged ({:.1}s)", start.elapsed().as_secs_f64());
+            println!(
+                "  all active agents converged ({:.1}s)",
+                start.elapsed().as_secs_f64()
+            );
             return Ok(());
         }
         if start.elapsed() > limit {
@@ -246,7 +264,11 @@ async fn wait_for_agents(
                 pending.join(", ")
             );
         }
-        eprintln!("  waiting for {} agent(s): {}", pending.len(), pending.join(", "));
+        eprintln!(
+            "  waiting for {} agent(s): {}",
+            pending.len(),
+            pending.join(", ")
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -28,9 +28,21 @@ pub async fn run(g: &Global, c: IdentityCommand) -> anyhow::Result<()> {
             let rows: Vec<QuarantineEntry> = client.get(paths::QUARANTINE, &[]).await?;
             let cells = rows
                 .iter()
-                .map(|q| vec![q.spiffe_id.clone(), rfc3339(q.created_at), q.created_by.clone(), q.reason.clone()])
+                .map(|q| {
+                    vec![
+                        q.spiffe_id.clone(),
+                        rfc3339(q.created_at),
+                        q.created_by.clone(),
+                        q.reason.clone(),
+                    ]
+                })
                 .collect();
-            print(g.output, &rows, &["SPIFFE ID", "SINCE", "BY", "REASON"], cells)
+            print(
+                g.output,
+                &rows,
+                &["SPIFFE ID", "SINCE", "BY", "REASON"],
+                cells,
+            )
         }
         IdentityCommand::Issuances { id, limit } => {
             let mut q = vec![("limit", limit.to_string())];
@@ -51,17 +63,45 @@ pub async fn run(g: &Global, c: IdentityCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print(g.output, &rows, &["ISSUED", "SPIFFE ID", "VIA", "EXPIRES", "AUTHORITY", "SERIAL"], cells)
+            print(
+                g.output,
+                &rows,
+                &[
+                    "ISSUED",
+                    "SPIFFE ID",
+                    "VIA",
+                    "EXPIRES",
+                    "AUTHORITY",
+                    "SERIAL",
+                ],
+                cells,
+            )
         }
         IdentityCommand::Events { after, limit } => {
             let rows: Vec<EventInfo> = client
-                .get(paths::EVENTS, &[("after", after.to_string()), ("limit", limit.to_string())])
+                .get(
+                    paths::EVENTS,
+                    &[("after", after.to_string()), ("limit", limit.to_string())],
+                )
                 .await?;
             let cells = rows
                 .iter()
-                .map(|e| vec![e.id.to_string(), rfc3339(e.at), e.kind.clone(), e.actor.clone(), e.subject.clone()])
+                .map(|e| {
+                    vec![
+                        e.id.to_string(),
+                        rfc3339(e.at),
+                        e.kind.clone(),
+                        e.actor.clone(),
+                        e.subject.clone(),
+                    ]
+                })
                 .collect();
-            print(g.output, &rows, &["ID", "AT", "KIND", "ACTOR", "SUBJECT"], cells)
+            print(
+                g.output,
+                &rows,
+                &["ID", "AT", "KIND", "ACTOR", "SUBJECT"],
+                cells,
+            )
         }
     }
 }
@@ -94,5 +134,17 @@ pub async fn agents(g: &Global) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print(g.output, &rows, &["SPIFFE ID", "INSTANCE", "LAST SEEN", "CERT EXPIRES", "AUTHORITY", "BUNDLE REV"], cells)
+    print(
+        g.output,
+        &rows,
+        &[
+            "SPIFFE ID",
+            "INSTANCE",
+            "LAST SEEN",
+            "CERT EXPIRES",
+            "AUTHORITY",
+            "BUNDLE REV",
+        ],
+        cells,
+    )
 }
