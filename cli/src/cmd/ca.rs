@@ -163,18 +163,19 @@ async fn rotate(g: &Global, a: CaRotateArgs) -> anyhow::Result<()> {
     let waiting = a.step.is_none();
     let client = Client::new(g).ok();
     for step in steps {
-        if step == RotateStep::Retire && !a.force {
-            if let Some(c) = &client {
-                let state = dir.read_state()?;
-                let stragglers =
-                    agents_not_matching(c, |ag| ag.cert_authority_id == state.active).await?;
-                if !stragglers.is_empty() {
-                    bail!(
-                        "{} agent(s) still hold certificates from the old authority ({}); retiring now would cut them off. Wait, or pass --force",
-                        stragglers.len(),
-                        stragglers.join(", ")
-                    );
-                }
+        if step == RotateStep::Retire
+            && !a.force
+            && let Some(c) = &client
+        {
+            let state = dir.read_state()?;
+            let stragglers =
+                agents_not_matching(c, |ag| ag.cert_authority_id == state.active).await?;
+            if !stragglers.is_empty() {
+                bail!(
+                    "{} agent(s) still hold certificates from the old authority ({}); retiring now would cut them off. Wait, or pass --force",
+                    stragglers.len(),
+                    stragglers.join(", ")
+                );
             }
         }
         let state = apply(&dir, g, &a, step)?;
