@@ -4,9 +4,9 @@
 
 use reqwest::Method;
 use serde_json::json;
+use wardmesh_identity::SpiffeId;
 use wardmesh_identity::keygen::{generate_anonymous_csr, generate_csr};
 use wardmesh_identity::svid::{certs_from_pem, inspect_leaf};
-use wardmesh_identity::SpiffeId;
 use wardmesh_proto::identity::{AttestRequest, Attestation, RenewRequest, SvidResponse};
 use wardmesh_proto::operator::{IssuanceInfo, QuarantineRequest};
 use wardmesh_proto::paths;
@@ -55,7 +55,11 @@ async fn issuance_flow(cp: &TestCp) {
     // The token is single-use.
     let again = attest(cp, &key.csr_pem, &token).await;
     assert_eq!(again.status, 401);
-    assert!(again.err().message.contains("already used"), "{:?}", again.err());
+    assert!(
+        again.err().message.contains("already used"),
+        "{:?}",
+        again.err()
+    );
 
     // Renewal over mTLS with the SVID, for the same identity.
     let s = svid_from(&key, &svid.chain_pem);
@@ -77,7 +81,13 @@ async fn issuance_flow(cp: &TestCp) {
 
     // Both issuances are on record, newest first.
     let hist: Vec<IssuanceInfo> = cp
-        .call::<()>(&cp.client(None), Method::GET, &format!("{}?spiffe_id={ID}", paths::ISSUANCES), Some(&cp.admin_token), None)
+        .call::<()>(
+            &cp.client(None),
+            Method::GET,
+            &format!("{}?spiffe_id={ID}", paths::ISSUANCES),
+            Some(&cp.admin_token),
+            None,
+        )
         .await
         .ok();
     let via: Vec<&str> = hist.iter().map(|i| i.attestation.as_str()).collect();
@@ -126,10 +136,21 @@ async fn issued_leaf_verifies_with_openssl() {
     std::fs::write(dir.path().join("bundle.pem"), &svid.trust_bundle_pem).unwrap();
     let out = std::process::Command::new("openssl")
         .current_dir(dir.path())
-        .args(["verify", "-CAfile", "bundle.pem", "-untrusted", "int.pem", "leaf.pem"])
+        .args([
+            "verify",
+            "-CAfile",
+            "bundle.pem",
+            "-untrusted",
+            "int.pem",
+            "leaf.pem",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "openssl verify: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "leaf.pem: OK");
     let text = std::process::Command::new("openssl")
         .current_dir(dir.path())
@@ -150,21 +171,44 @@ async fn bad_csr_is_refused_and_does_not_spend_the_token() {
     let cp = mesh.start().await;
     let token = cp.join_token(ID).await;
 
-    let malformed = attest(&cp, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", &token).await;
-    assert_eq!((malformed.status, malformed.code().as_str()), (400, "bad_csr"));
+    let malformed = attest(
+        &cp,
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        &token,
+    )
+    .await;
+    assert_eq!(
+        (malformed.status, malformed.code().as_str()),
+        (400, "bad_csr")
+    );
 
-    let other = generate_csr(&SpiffeId::parse("spiffe://wardmesh.local/ns/clinic/sa/admin").unwrap()).unwrap();
+    let other =
+        generate_csr(&SpiffeId::parse("spiffe://wardmesh.local/ns/clinic/sa/admin").unwrap())
+            .unwrap();
     let mismatch = attest(&cp, &other.csr_pem, &token).await;
     assert_eq!(mismatch.status, 400);
-    assert!(mismatch.err().message.contains("attestation proves"), "{:?}", mismatch.err());
+    assert!(
+        mismatch.err().message.contains("attestation proves"),
+        "{:?}",
+        mismatch.err()
+    );
 
     let big = "A".repeat(100 * 1024);
     let too_big = attest(&cp, &big, &token).await;
-    assert_eq!((too_big.status, too_big.code().as_str()), (413, "body_too_large"));
+    assert_eq!(
+        (too_big.status, too_big.code().as_str()),
+        (413, "body_too_large")
+    );
 
     // Nothing was issued and the token still works.
     let hist: Vec<IssuanceInfo> = cp
-        .call::<()>(&cp.client(None), Method::GET, paths::ISSUANCES, Some(&cp.admin_token), None)
+        .call::<()>(
+            &cp.client(None),
+            Method::GET,
+            paths::ISSUANCES,
+            Some(&cp.admin_token),
+            None,
+        )
         .await
         .ok();
     assert!(hist.is_empty());
@@ -179,8 +223,16 @@ async fn bad_attestations_are_refused() {
     let mesh = TestMesh::new();
     let cp = mesh.start().await;
     let csr = generate_anonymous_csr().unwrap();
-    let unknown = attest(&cp, &csr.csr_pem, "wmjt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
-    assert_eq!((unknown.status, unknown.code().as_str()), (401, "attestation_failed"));
+    let unknown = attest(
+        &cp,
+        &csr.csr_pem,
+        "wmjt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    )
+    .await;
+    assert_eq!(
+        (unknown.status, unknown.code().as_str()),
+        (401, "attestation_failed")
+    );
     let junk = attest(&cp, &csr.csr_pem, "hello").await;
     assert_eq!(junk.status, 401);
     assert!(junk.err().message.contains("malformed"));
@@ -194,11 +246,16 @@ async fn bad_attestations_are_refused() {
             None,
             Some(&AttestRequest {
                 csr_pem: csr.csr_pem.clone(),
-                attestation: Attestation::K8sSaToken { token: "x.y.z".into() },
+                attestation: Attestation::K8sSaToken {
+                    token: "x.y.z".into(),
+                },
             }),
         )
         .await;
-    assert_eq!((sa.status, sa.code().as_str()), (400, "attestation_unsupported"));
+    assert_eq!(
+        (sa.status, sa.code().as_str()),
+        (400, "attestation_unsupported")
+    );
 
     // Unknown fields are a clear error, not silently ignored.
     let typo = cp
@@ -211,13 +268,28 @@ async fn bad_attestations_are_refused() {
         )
         .await;
     assert_eq!(typo.status, 422);
-    assert!(typo.err().message.contains("unknown field"), "{:?}", typo.err());
+    assert!(
+        typo.err().message.contains("unknown field"),
+        "{:?}",
+        typo.err()
+    );
 
     // Renewal needs a client certificate.
     let renew = cp
-        .call(&cp.client(None), Method::POST, paths::RENEW, None, Some(&RenewRequest { csr_pem: csr.csr_pem }))
+        .call(
+            &cp.client(None),
+            Method::POST,
+            paths::RENEW,
+            None,
+            Some(&RenewRequest {
+                csr_pem: csr.csr_pem,
+            }),
+        )
         .await;
-    assert_eq!((renew.status, renew.code().as_str()), (401, "client_certificate_required"));
+    assert_eq!(
+        (renew.status, renew.code().as_str()),
+        (401, "client_certificate_required")
+    );
     cp.cp.shutdown().await;
 }
 
@@ -255,7 +327,16 @@ async fn quarantine_stops_issuance_and_renewal() {
 
     let c = cp.client(None);
     let q = cp
-        .call(&c, Method::POST, paths::QUARANTINE, Some(&cp.admin_token), Some(&QuarantineRequest { spiffe_id: ID.into(), reason: "lost laptop".into() }))
+        .call(
+            &c,
+            Method::POST,
+            paths::QUARANTINE,
+            Some(&cp.admin_token),
+            Some(&QuarantineRequest {
+                spiffe_id: ID.into(),
+                reason: "lost laptop".into(),
+            }),
+        )
         .await;
     assert_eq!(q.status, 200, "{}", q.body);
     assert_eq!(q.body["changed"], true);
@@ -263,20 +344,39 @@ async fn quarantine_stops_issuance_and_renewal() {
     // New tokens for the ID still can be made, but attestation is refused.
     let token2 = cp.join_token(ID).await;
     let refused = attest(&cp, &generate_anonymous_csr().unwrap().csr_pem, &token2).await;
-    assert_eq!((refused.status, refused.code().as_str()), (403, "quarantined"));
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (403, "quarantined")
+    );
 
     let s = svid_from(&key, &svid.chain_pem);
     let renew = cp
-        .call(&cp.client(Some(&s)), Method::POST, paths::RENEW, None, Some(&RenewRequest { csr_pem: generate_csr(&SpiffeId::parse(ID).unwrap()).unwrap().csr_pem }))
+        .call(
+            &cp.client(Some(&s)),
+            Method::POST,
+            paths::RENEW,
+            None,
+            Some(&RenewRequest {
+                csr_pem: generate_csr(&SpiffeId::parse(ID).unwrap()).unwrap().csr_pem,
+            }),
+        )
         .await;
     assert_eq!((renew.status, renew.code().as_str()), (403, "quarantined"));
 
     // Lifting it restores issuance; the unused token2 still works.
     let u = cp
-        .call::<()>(&c, Method::DELETE, &format!("{}?spiffe_id={ID}", paths::QUARANTINE), Some(&cp.admin_token), None)
+        .call::<()>(
+            &c,
+            Method::DELETE,
+            &format!("{}?spiffe_id={ID}", paths::QUARANTINE),
+            Some(&cp.admin_token),
+            None,
+        )
         .await;
     assert_eq!(u.body["changed"], true, "{}", u.body);
-    let ok: SvidResponse = attest(&cp, &generate_anonymous_csr().unwrap().csr_pem, &token2).await.ok();
+    let ok: SvidResponse = attest(&cp, &generate_anonymous_csr().unwrap().csr_pem, &token2)
+        .await
+        .ok();
     assert_eq!(ok.spiffe_id, ID);
     cp.cp.shutdown().await;
 }
@@ -287,10 +387,26 @@ async fn operator_endpoints_enforce_tokens_and_roles() {
     let cp = mesh.start().await;
     let c = cp.client(None);
     let body = json!({"spiffe_id": ID});
-    let none = cp.call(&c, Method::POST, paths::JOIN_TOKENS, None, Some(&body)).await;
-    assert_eq!((none.status, none.code().as_str()), (401, "operator_token_required"));
-    let wrong = cp.call(&c, Method::POST, paths::JOIN_TOKENS, Some("wmop_nope"), Some(&body)).await;
-    assert_eq!((wrong.status, wrong.code().as_str()), (401, "invalid_operator_token"));
+    let none = cp
+        .call(&c, Method::POST, paths::JOIN_TOKENS, None, Some(&body))
+        .await;
+    assert_eq!(
+        (none.status, none.code().as_str()),
+        (401, "operator_token_required")
+    );
+    let wrong = cp
+        .call(
+            &c,
+            Method::POST,
+            paths::JOIN_TOKENS,
+            Some("wmop_nope"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(
+        (wrong.status, wrong.code().as_str()),
+        (401, "invalid_operator_token")
+    );
 
     let viewer = "wmop_viewer-token-for-tests";
     cp.cp
@@ -303,30 +419,83 @@ async fn operator_endpoints_enforce_tokens_and_roles() {
         })
         .await
         .unwrap();
-    let denied = cp.call(&c, Method::POST, paths::JOIN_TOKENS, Some(viewer), Some(&body)).await;
-    assert_eq!((denied.status, denied.code().as_str()), (403, "insufficient_role"));
-    let audit = cp.call::<()>(&c, Method::GET, paths::EVENTS, Some(viewer), None).await;
+    let denied = cp
+        .call(
+            &c,
+            Method::POST,
+            paths::JOIN_TOKENS,
+            Some(viewer),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(
+        (denied.status, denied.code().as_str()),
+        (403, "insufficient_role")
+    );
+    let audit = cp
+        .call::<()>(&c, Method::GET, paths::EVENTS, Some(viewer), None)
+        .await;
     assert_eq!(audit.status, 403, "viewers may not read events");
-    let agents = cp.call::<()>(&c, Method::GET, paths::AGENTS, Some(viewer), None).await;
+    let agents = cp
+        .call::<()>(&c, Method::GET, paths::AGENTS, Some(viewer), None)
+        .await;
     assert_eq!(agents.status, 200);
 
     // Another trust domain, or a malformed ID, never gets a token.
     let other_td = cp
-        .call(&c, Method::POST, paths::JOIN_TOKENS, Some(&cp.admin_token), Some(&json!({"spiffe_id": "spiffe://evil.example/ns/a/sa/b"})))
+        .call(
+            &c,
+            Method::POST,
+            paths::JOIN_TOKENS,
+            Some(&cp.admin_token),
+            Some(&json!({"spiffe_id": "spiffe://evil.example/ns/a/sa/b"})),
+        )
         .await;
-    assert_eq!((other_td.status, other_td.code().as_str()), (400, "unknown_trust_domain"));
+    assert_eq!(
+        (other_td.status, other_td.code().as_str()),
+        (400, "unknown_trust_domain")
+    );
     let bad_id = cp
-        .call(&c, Method::POST, paths::JOIN_TOKENS, Some(&cp.admin_token), Some(&json!({"spiffe_id": "spiffe://wardmesh.local/ns/../x"})))
+        .call(
+            &c,
+            Method::POST,
+            paths::JOIN_TOKENS,
+            Some(&cp.admin_token),
+            Some(&json!({"spiffe_id": "spiffe://wardmesh.local/ns/../x"})),
+        )
         .await;
-    assert_eq!((bad_id.status, bad_id.code().as_str()), (400, "invalid_spiffe_id"));
+    assert_eq!(
+        (bad_id.status, bad_id.code().as_str()),
+        (400, "invalid_spiffe_id")
+    );
 
     // Operator writes are recorded with the operator's name.
     cp.join_token(ID).await;
-    let events = cp.call::<()>(&c, Method::GET, paths::EVENTS, Some(&cp.admin_token), None).await;
-    let kinds: Vec<(String, String)> = events.body.as_array().unwrap().iter()
-        .map(|e| (e["kind"].as_str().unwrap().to_owned(), e["actor"].as_str().unwrap().to_owned()))
+    let events = cp
+        .call::<()>(&c, Method::GET, paths::EVENTS, Some(&cp.admin_token), None)
+        .await;
+    let kinds: Vec<(String, String)> = events
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    assert_eq!(kinds, [("operator.join_token.created".to_owned(), "operator:bootstrap-admin".to_owned())]);
-    assert!(!events.body.to_string().contains("wmjt_"), "tokens never appear in events");
+    assert_eq!(
+        kinds,
+        [(
+            "operator.join_token.created".to_owned(),
+            "operator:bootstrap-admin".to_owned()
+        )]
+    );
+    assert!(
+        !events.body.to_string().contains("wmjt_"),
+        "tokens never appear in events"
+    );
     cp.cp.shutdown().await;
 }

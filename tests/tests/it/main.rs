@@ -2,4 +2,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod identity_api;
+mod k8s_attestation;
 mod rotation;
