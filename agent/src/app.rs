@@ -1,7 +1,8 @@
 //! The composition root: configuration in, running tasks out, in one linear function.
 //!
-//! [`start`] validates the config, reads the bootstrap trust bundle, binds the admin
-//! port, starts the identity manager and the admin server, and returns a
+//! [`start`] validates the config, reads the bootstrap trust bundle, binds the admin,
+//! inbound and outbound ports, starts the identity manager, the data plane and the
+//! admin server, and returns a
 //! [`RunningAgent`] with the handles that `wardctl up` and integration tests embed.
 //! [`run`] is what the binary calls: start, wait for the shutdown signal, stop.
 
@@ -18,12 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::admin::{self, AdminState};
+use crate::authz::{AllowList, AuthzHandle};
 use crate::clock::{Clock, SystemClock};
 use crate::config::AgentConfig;
 use crate::identity::{
     self, CertificateSource, ControlPlaneClient, DenyList, IdentityHandle, IdentityOptions,
     IdentityTasks, WorkloadState,
 };
+use crate::proxy::{self, DataPlane};
 
 /// A started agent: handles to what it publishes, and a way to stop it.
 #[derive(Debug)]
@@ -33,6 +36,7 @@ pub struct RunningAgent {
     shutdown: CancellationToken,
     identity_tasks: IdentityTasks,
     admin_task: JoinHandle<()>,
+    dataplane: DataPlane,
 }
 
 impl RunningAgent {
@@ -54,14 +58,33 @@ impl RunningAgent {
         self.admin_addr
     }
 
+    /// The inbound (mesh mTLS) listener's bound address, when configured.
+    pub fn inbound_addr(&self) -> Option<SocketAddr> {
+        self.dataplane.inbound_addr()
+    }
+
+    /// The outbound (app-facing) listener's bound address, when configured.
+    pub fn outbound_addr(&self) -> Option<SocketAddr> {
+        self.dataplane.outbound_addr()
+    }
+
+    /// The authorizer in force; `set` swaps it for the next request (the policy engine
+    /// plugs in here).
+    pub fn authorizer(&self) -> &AuthzHandle {
+        self.dataplane.authorizer()
+    }
+
     /// Cancelling this token stops the agent, like [`RunningAgent::shutdown`].
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
-    /// Stops every task and waits for them (open admin connections get up to 5 s).
+    /// Stops every task and waits for them: the listeners stop accepting and in-flight
+    /// requests get their drain deadline (10 s by default); open admin connections get
+    /// up to 5 s.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
+        self.dataplane.join().await;
         self.identity_tasks.join().await;
         if let Err(e) = self.admin_task.await
             && e.is_panic()
@@ -94,6 +117,7 @@ pub async fn start_with_source<S: CertificateSource>(
         .await
         .with_context(|| format!("cannot listen on admin address {}", config.admin_addr))?;
     let admin_addr = listener.local_addr()?;
+    let listeners = proxy::bind(config.inbound.as_ref(), config.outbound.as_ref()).await?;
     let shutdown = CancellationToken::new();
 
     let options = IdentityOptions {
@@ -110,6 +134,16 @@ pub async fn start_with_source<S: CertificateSource>(
         shutdown.child_token(),
     )
     .context("cannot register identity metrics")?;
+
+    let authz = AuthzHandle::new(Arc::new(AllowList::new(config.allow.iter().cloned())));
+    let dataplane = proxy::spawn(
+        listeners,
+        identity.clone(),
+        authz,
+        &registry,
+        Arc::clone(&clock),
+        shutdown.child_token(),
+    )?;
 
     let admin_state = AdminState::new(&config, identity.clone(), registry, clock)?;
     let admin_task = tokio::spawn(admin::serve(
@@ -129,6 +163,7 @@ pub async fn start_with_source<S: CertificateSource>(
         shutdown,
         identity_tasks,
         admin_task,
+        dataplane,
     })
 }
 

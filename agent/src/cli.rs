@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use wardmesh_identity::TrustDomain;
+use wardmesh_identity::{SpiffeId, TrustDomain};
 
 use crate::config::{
     AgentConfig, AttestationConfig, ConfigError, DEFAULT_SYNC_WAIT_SECONDS, SecretString,
     default_admin_addr, random_instance_id,
 };
+use crate::proxy::DataPlaneFile;
+use crate::proxy::config::DataPlaneOverrides;
 
 const RUN_EXAMPLE: &str = "\
 Example (outside Kubernetes, with a join token from `wardctl token create`):
@@ -31,11 +33,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at startup: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: obtain and renew the workload identity, serve the admin endpoints.
     #[command(after_help = RUN_EXAMPLE)]
     Run(RunArgs),
+    /// Install the nat-table rules of transparent mode (run once per pod, as root).
+    #[command(after_help = crate::iptables::INIT_IPTABLES_EXAMPLE)]
+    InitIptables(crate::iptables::InitIptablesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +92,28 @@ pub struct RunArgs {
     /// Expected trust domain [default: whatever the control plane issues].
     #[arg(long, env = "WARDMESH_TRUST_DOMAIN")]
     pub trust_domain: Option<TrustDomain>,
+
+    /// TOML file with the data-plane settings: `allow = [...]`, `[inbound]`,
+    /// `[outbound]` with `[[outbound.services]]`. Flags override it.
+    #[arg(long, env = "WARDMESH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Inbound (mesh mTLS) listener [default: 0.0.0.0:7143].
+    #[arg(long, env = "WARDMESH_INBOUND_LISTEN", value_name = "ADDR")]
+    pub inbound_listen: Option<SocketAddr>,
+
+    /// Outbound (app-facing) listener [default: 127.0.0.1:7140].
+    #[arg(long, env = "WARDMESH_OUTBOUND_LISTEN", value_name = "ADDR")]
+    pub outbound_listen: Option<SocketAddr>,
+
+    /// The local app the inbound listener forwards to [default: the port the caller
+    /// dialled, on 127.0.0.1 (transparent mode)].
+    #[arg(long, env = "WARDMESH_APP", value_name = "ADDR")]
+    pub app: Option<SocketAddr>,
+
+    /// A SPIFFE ID allowed to call this workload (repeatable; default: nobody).
+    #[arg(long = "allow", value_name = "SPIFFE_ID")]
+    pub allow: Vec<SpiffeId>,
 }
 
 impl RunArgs {
@@ -94,6 +123,16 @@ impl RunArgs {
             (None, Some(path)) => AttestationConfig::SaTokenFile { path },
             (None, None) => return Err(ConfigError::EmptyJoinToken),
         };
+        let file = match &self.config {
+            Some(path) => DataPlaneFile::load(path)?,
+            None => DataPlaneFile::default(),
+        };
+        let dataplane = file.resolve(DataPlaneOverrides {
+            inbound_listen: self.inbound_listen,
+            outbound_listen: self.outbound_listen,
+            app: self.app,
+            allow: self.allow,
+        });
         let config = AgentConfig {
             control_plane_url: self.control_plane,
             trust_bundle: self.trust_bundle,
@@ -102,6 +141,9 @@ impl RunArgs {
             instance_id: self.instance_id.unwrap_or_else(random_instance_id),
             sync_wait_seconds: self.sync_wait_seconds,
             trust_domain: self.trust_domain,
+            inbound: Some(dataplane.inbound),
+            outbound: Some(dataplane.outbound),
+            allow: dataplane.allow,
         };
         config.validate()?;
         Ok(config)
@@ -137,7 +179,9 @@ mod tests {
             "pod-1",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("expected the run subcommand")
+        };
         assert!(!format!("{args:?}").contains("wmjt_secret"));
         let config = args.into_config().unwrap();
         assert_eq!(config.instance_id, "pod-1");
@@ -165,5 +209,38 @@ mod tests {
         let mut wait = base.to_vec();
         wait.extend(["--sa-token-file", "/tok", "--sync-wait-seconds", "61"]);
         assert!(parse(&wait).is_err(), "wait above 60");
+    }
+
+    #[test]
+    fn data_plane_flags_and_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "[outbound]\nlisten = \"127.0.0.1:17140\"\n").unwrap();
+        let file_arg = file.to_str().unwrap();
+        let run = |extra: &[&str]| {
+            let mut args = vec!["run", "--control-plane", "https://cp:7443"];
+            args.extend(["--trust-bundle", "b.pem", "--join-token", "t"]);
+            args.extend(extra);
+            let Command::Run(a) = parse(&args).unwrap().command else {
+                panic!("expected the run subcommand")
+            };
+            a.into_config()
+        };
+        let c = run(&["--config", file_arg, "--app", "127.0.0.1:8080"]).unwrap();
+        let c = (c.inbound.unwrap(), c.outbound.unwrap(), c.allow);
+        assert_eq!(c.0.listen.to_string(), "0.0.0.0:7143", "default inbound");
+        assert_eq!(c.0.app.unwrap().to_string(), "127.0.0.1:8080");
+        assert_eq!(c.1.listen.to_string(), "127.0.0.1:17140", "from the file");
+        assert!(c.2.is_empty(), "nobody allowed by default");
+        let id = "spiffe://wardmesh.local/ns/a/sa/b";
+        assert_eq!(run(&["--allow", id]).unwrap().allow[0].to_string(), id);
+        assert!(parse(&["run", "--allow", "not-an-id"]).is_err());
+
+        std::fs::write(&file, "[outbound]\nlisen = 1\n").unwrap();
+        let e = run(&["--config", file_arg]).unwrap_err().to_string();
+        assert!(
+            e.contains(file_arg) && e.contains("line 2") && e.contains("lisen"),
+            "{e}"
+        );
     }
 }

@@ -8,11 +8,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
-use wardmesh_identity::TrustDomain;
 use wardmesh_identity::svid::certs_from_pem;
 use wardmesh_identity::tls::TrustBundle;
+use wardmesh_identity::{SpiffeId, TrustDomain};
 use wardmesh_proto::identity::Attestation;
 use wardmesh_proto::ports;
+
+use crate::proxy::{InboundConfig, OutboundConfig};
 
 /// How long the control plane may hold a sync long poll, by default.
 pub const DEFAULT_SYNC_WAIT_SECONDS: u32 = 30;
@@ -44,6 +46,8 @@ pub enum ConfigError {
     TokenFile { path: PathBuf, reason: String },
     #[error("the join token is empty; create one with `wardctl token create`")]
     EmptyJoinToken,
+    #[error(transparent)]
+    DataPlane(#[from] crate::proxy::DataPlaneConfigError),
 }
 
 /// A string that never appears in logs, debug output or `/config_dump`.
@@ -147,6 +151,13 @@ pub struct AgentConfig {
     /// The expected trust domain; `None` accepts the control plane's (still checked
     /// against every SVID and bundle it sends).
     pub trust_domain: Option<TrustDomain>,
+    /// The mesh-facing listener; `None`: no inbound data plane.
+    pub inbound: Option<InboundConfig>,
+    /// The app-facing listener; `None`: no outbound data plane.
+    pub outbound: Option<OutboundConfig>,
+    /// SPIFFE IDs allowed to call this workload (the allow-list authorizer; empty
+    /// denies every caller).
+    pub allow: Vec<SpiffeId>,
 }
 
 impl AgentConfig {
@@ -165,6 +176,9 @@ impl AgentConfig {
             instance_id: random_instance_id(),
             sync_wait_seconds: DEFAULT_SYNC_WAIT_SECONDS,
             trust_domain: None,
+            inbound: None,
+            outbound: None,
+            allow: Vec::new(),
         }
     }
 
@@ -187,6 +201,12 @@ impl AgentConfig {
             && token.expose().trim().is_empty()
         {
             return Err(ConfigError::EmptyJoinToken);
+        }
+        if let Some(inbound) = &self.inbound {
+            inbound.validate()?;
+        }
+        if let Some(outbound) = &self.outbound {
+            outbound.discovery()?;
         }
         Ok(())
     }

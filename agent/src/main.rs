@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Run(args) => app::run(args.into_config()?, shutdown_signal()).await,
+        Command::InitIptables(args) => wardmesh_agent::iptables::main(args),
     }
 }
 

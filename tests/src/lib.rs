@@ -4,7 +4,9 @@
 //! but fail under `CI=true`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agents;
 pub mod cp;
+pub mod netns;
 pub mod prereq;
 
 pub use cp::{TestMesh, TestCp};

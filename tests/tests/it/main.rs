@@ -1,6 +1,9 @@
 //! wardmesh integration tests: one binary, real TLS, real sockets, real stores.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod dataplane;
 mod identity_api;
 mod k8s_attestation;
+mod openapi;
 mod rotation;
+mod transparent;
