@@ -67,7 +67,7 @@ fn every_command_has_help_with_an_example() {
 }
 
 #[test]
-fn up_once_issues_identities_for_the_demo_services() {
+fn up_once_runs_the_demo_mesh_with_real_traffic() {
     let home = tempfile::tempdir().unwrap();
     let o = up_once(home.path());
     let (out, err) = text(&o);
@@ -81,6 +81,23 @@ fn up_once_issues_identities_for_the_demo_services() {
         "{out}"
     );
     assert!(out.contains("CERT EXPIRES"), "{out}");
+    // Real traffic crossed the agents: the allowed caller got every answer, the other
+    // caller was denied by notes-api's agent with a named rule and policy revision.
+    let tally = |caller: &str| -> Vec<String> {
+        out.lines()
+            .rfind(|l| l.starts_with(caller) && !l.contains("->"))
+            .unwrap_or_else(|| panic!("no tally for {caller}:\n{out}"))
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(tally("clinic/frontend"), ["5", "0", "0"], "{out}");
+    assert_eq!(tally("billing/api"), ["0", "5", "0"], "{out}");
+    assert!(
+        out.contains("403 denied (rule default-deny, policy allowlist-"),
+        "{out}"
+    );
     // The store, the sealed CA and the operator token persist in the home directory.
     assert!(home.path().join("wardmesh.db").exists());
     assert!(home.path().join("admin.token").exists());

@@ -1,6 +1,10 @@
 //! `wardctl up`: a whole mesh in one process on loopback — the embedded control plane
-//! (SQLite in <home>), and one agent per demo service, each attesting with a join token
-//! and keeping its identity renewed. `--once` stops after everything is up and shown.
+//! (SQLite in <home>), a demo app behind its agent and two callers behind theirs, each
+//! agent attesting with a join token and keeping its identity renewed, and real traffic
+//! between them over mTLS (one caller allowed, one denied). `--once` sends a bounded
+//! batch, prints what happened and stops.
+
+mod demo;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,19 +13,25 @@ use anyhow::{Context, bail};
 use time::OffsetDateTime;
 use wardmesh_agent::app::RunningAgent;
 use wardmesh_agent::config::{AgentConfig, AttestationConfig, SecretString};
+use wardmesh_agent::discovery::ServiceEntry;
+use wardmesh_agent::proxy::{InboundConfig, OutboundConfig};
 use wardmesh_control_plane::ControlPlaneConfig;
 use wardmesh_control_plane::operator::Operator;
-use wardmesh_identity::TrustDomain;
 use wardmesh_identity::ca::{CaDir, CaLifetimes};
+use wardmesh_identity::{SpiffeId, TrustDomain};
 use wardmesh_proto::operator::{CreateJoinTokenRequest, Role};
 
 use super::ca::load_or_create_seal;
 use crate::args::{Global, UpArgs};
 use crate::output::{rfc3339, table};
 
-/// The demo workloads: (namespace, service account).
-const DEMO_SERVICES: &[(&str, &str)] = &[("clinic", "frontend"), ("clinic", "notes-api")];
+/// The demo workloads: (namespace, service account). notes-api serves; the others call it.
+const NOTES: (&str, &str) = ("clinic", "notes-api");
+const FRONTEND: (&str, &str) = ("clinic", "frontend");
+const BILLING: (&str, &str) = ("billing", "api");
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests each caller sends with `--once`.
+const ONCE_REQUESTS: u32 = 5;
 
 pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
     if !(60..=86_400).contains(&a.leaf_ttl_seconds) {
@@ -57,47 +67,47 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         cp.store.backend_name(),
         home.display()
     );
-
     let bundle_path = home.join("bundle.pem");
     std::fs::write(&bundle_path, &cp.ca.current().ca.bundle_pem)
         .with_context(|| format!("writing {}", bundle_path.display()))?;
     let td = cp.ca.current().trust_domain().clone();
-    let op = Operator {
-        name: "wardctl-up".into(),
-        role: Role::SecurityAdmin,
+    let id_of = |(ns, sa): (&str, &str)| SpiffeId::workload(&td, ns, sa);
+    let mesh = Mesh {
+        cp: &cp,
+        url: &url,
+        bundle: &bundle_path,
+        admin_port: a.admin_port,
     };
 
-    let mut agents: Vec<(String, RunningAgent)> = Vec::new();
-    for (i, (ns, sa)) in DEMO_SERVICES.iter().enumerate() {
-        let id = format!("spiffe://{td}/ns/{ns}/sa/{sa}");
-        let token = cp
-            .operator
-            .create_join_token(
-                &op,
-                CreateJoinTokenRequest {
-                    spiffe_id: id.clone(),
-                    ttl_seconds: Some(300),
-                },
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("creating a join token for {id}: {e}"))?;
-        let mut ac = AgentConfig::new(
-            url.clone(),
-            bundle_path.clone(),
-            AttestationConfig::JoinToken {
-                token: SecretString::new(token.token),
-            },
-        );
-        let port = if a.admin_port == 0 {
-            0
-        } else {
-            a.admin_port + i as u16
-        };
-        ac.admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let agent = wardmesh_agent::app::start(ac, prometheus::Registry::new())
-            .await
-            .with_context(|| format!("starting the agent for {ns}/{sa}"))?;
-        agents.push((format!("{ns}/{sa}"), agent));
+    let app = demo::start_notes_api().await?;
+    println!("demo app       notes-api on {app} (plain HTTP, knows nothing of the mesh)");
+    let mut notes_cfg = mesh.agent_config(0, id_of(NOTES)?).await?;
+    notes_cfg.inbound = Some(InboundConfig {
+        listen: "127.0.0.1:0".parse()?,
+        app: Some(app),
+        ..InboundConfig::default()
+    });
+    notes_cfg.allow = vec![id_of(FRONTEND)?];
+    let notes = start_agent("clinic/notes-api", notes_cfg).await?;
+    let inbound = notes
+        .inbound_addr()
+        .context("notes-api agent has no inbound listener")?;
+    let service = ServiceEntry {
+        name: demo::NOTES_HOST.into(),
+        address: format!("{}:80", demo::NOTES_HOST),
+        agent: Some(inbound.to_string()),
+        spiffe_id: id_of(NOTES)?,
+    };
+    let mut agents = vec![("clinic/notes-api".to_owned(), notes)];
+    for (i, who) in [FRONTEND, BILLING].into_iter().enumerate() {
+        let mut c = mesh.agent_config(i + 1, id_of(who)?).await?;
+        c.outbound = Some(OutboundConfig {
+            listen: "127.0.0.1:0".parse()?,
+            services: vec![service.clone()],
+            ..OutboundConfig::default()
+        });
+        let name = format!("{}/{}", who.0, who.1);
+        agents.push((name.clone(), start_agent(&name, c).await?));
     }
 
     eprint!("waiting for identities");
@@ -117,22 +127,129 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
     }
     eprintln!();
     print_identities(&agents);
+    println!(
+        "policy: notes-api allows {} only (allow-list; Rego policies replace it)",
+        id_of(FRONTEND)?
+    );
+
+    let callers: Vec<(String, reqwest::Client)> = agents[1..]
+        .iter()
+        .map(|(name, agent)| {
+            let out = agent
+                .outbound_addr()
+                .context("caller agent has no outbound listener")?;
+            Ok((name.clone(), demo::client_via(out)?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut tallies = vec![demo::Tally::default(); callers.len()];
 
     if a.once {
-        for (_, agent) in agents {
-            agent.shutdown().await;
+        for n in 1..=ONCE_REQUESTS {
+            for ((name, client), tally) in callers.iter().zip(tallies.iter_mut()) {
+                let what = demo::call(client, n, tally).await;
+                println!("{name} -> notes-api GET /patients/{n}/notes: {what}");
+            }
         }
-        cp.shutdown().await;
+        print_tallies(&callers, &tallies);
+        drop(callers);
+        shutdown(agents, cp).await;
         return Ok(());
     }
-    println!("mesh is up; renewals are shown as they happen. Ctrl-C stops.");
-    follow(&agents).await;
+    println!(
+        "mesh is up: traffic every second, totals every 10 s, renewals as they happen. Ctrl-C stops."
+    );
+    follow(&agents, &callers, &mut tallies).await;
+    print_tallies(&callers, &tallies);
     println!("stopping");
-    for (_, agent) in agents {
+    drop(callers);
+    shutdown(agents, cp).await;
+    Ok(())
+}
+
+/// Callers first (their pooled connections to notes-api close with them), then the
+/// server's agent, then the control plane.
+async fn shutdown(
+    mut agents: Vec<(String, RunningAgent)>,
+    cp: wardmesh_control_plane::RunningControlPlane,
+) {
+    while let Some((name, agent)) = agents.pop() {
+        let t = std::time::Instant::now();
         agent.shutdown().await;
+        tracing::debug!(agent = %name, took_ms = t.elapsed().as_millis() as u64, "agent stopped");
     }
     cp.shutdown().await;
-    Ok(())
+}
+
+struct Mesh<'a> {
+    cp: &'a wardmesh_control_plane::RunningControlPlane,
+    url: &'a str,
+    bundle: &'a std::path::Path,
+    admin_port: u16,
+}
+
+impl Mesh<'_> {
+    /// An agent config with a fresh join token for `id` and the i-th admin port.
+    async fn agent_config(&self, i: usize, id: SpiffeId) -> anyhow::Result<AgentConfig> {
+        let op = Operator {
+            name: "wardctl-up".into(),
+            role: Role::SecurityAdmin,
+        };
+        let token = self
+            .cp
+            .operator
+            .create_join_token(
+                &op,
+                CreateJoinTokenRequest {
+                    spiffe_id: id.to_string(),
+                    ttl_seconds: Some(300),
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating a join token for {id}: {e}"))?;
+        let mut ac = AgentConfig::new(
+            self.url,
+            self.bundle,
+            AttestationConfig::JoinToken {
+                token: SecretString::new(token.token),
+            },
+        );
+        let port = match self.admin_port {
+            0 => 0,
+            p => p
+                .checked_add(u16::try_from(i)?)
+                .context("--admin-port too high for the demo agents")?,
+        };
+        ac.admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(ac)
+    }
+}
+
+async fn start_agent(name: &str, cfg: AgentConfig) -> anyhow::Result<RunningAgent> {
+    wardmesh_agent::app::start(cfg, prometheus::Registry::new())
+        .await
+        .with_context(|| format!("starting the agent for {name}"))
+}
+
+fn print_tallies(callers: &[(String, reqwest::Client)], tallies: &[demo::Tally]) {
+    let cells: Vec<Vec<String>> = callers
+        .iter()
+        .zip(tallies)
+        .map(|((name, _), t)| {
+            vec![
+                name.clone(),
+                t.allowed.to_string(),
+                t.denied.to_string(),
+                t.failed.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["CALLER -> notes-api", "ALLOWED", "DENIED", "FAILED"],
+            &cells
+        )
+    );
 }
 
 fn print_identities(agents: &[(String, RunningAgent)]) {
@@ -164,8 +281,13 @@ fn print_identities(agents: &[(String, RunningAgent)]) {
     );
 }
 
-/// Prints each agent's renewals and trust-bundle updates until Ctrl-C.
-async fn follow(agents: &[(String, RunningAgent)]) {
+/// Sends a request per caller every second, prints totals every 10 s and each agent's
+/// renewals and trust-bundle updates, until Ctrl-C.
+async fn follow(
+    agents: &[(String, RunningAgent)],
+    callers: &[(String, reqwest::Client)],
+    tallies: &mut [demo::Tally],
+) {
     let mut watchers: Vec<Watcher> = agents
         .iter()
         .map(|(name, a)| {
@@ -177,9 +299,20 @@ async fn follow(agents: &[(String, RunningAgent)]) {
             (name.clone(), rx, seen)
         })
         .collect();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u32 = 0;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
+            _ = tick.tick() => {
+                n = n.wrapping_add(1);
+                for ((_, client), tally) in callers.iter().zip(tallies.iter_mut()) {
+                    demo::call(client, n % 50 + 1, tally).await;
+                }
+                if n % 10 == 0 {
+                    print_tallies(callers, tallies);
+                }
+            }
             idx = next_change(&mut watchers) => {
                 let Some(i) = idx else { return };
                 let (name, rx, seen) = &mut watchers[i];
