@@ -8,12 +8,12 @@ use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use wardmesh_control_plane::{ControlPlaneConfig, RunningControlPlane};
+use wardmesh_identity::TrustDomain;
 use wardmesh_identity::ca::{CaDir, CaLifetimes};
 use wardmesh_identity::keygen::KeyAndCsr;
 use wardmesh_identity::seal::{SealKey, write_private};
 use wardmesh_identity::svid::certs_from_pem;
 use wardmesh_identity::tls::{Svid, TrustBundle, control_plane_client_config};
-use wardmesh_identity::TrustDomain;
 use wardmesh_proto::operator::{CreateJoinTokenRequest, CreateJoinTokenResponse};
 use wardmesh_proto::{ApiError, paths};
 
@@ -115,7 +115,8 @@ impl Answer {
     }
 
     pub fn err(&self) -> ApiError {
-        serde_json::from_value(self.body.clone()).unwrap_or_else(|_| panic!("not an ApiError: {}", self.body))
+        serde_json::from_value(self.body.clone())
+            .unwrap_or_else(|_| panic!("not an ApiError: {}", self.body))
     }
 
     pub fn code(&self) -> String {

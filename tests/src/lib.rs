@@ -9,4 +9,4 @@ pub mod cp;
 pub mod netns;
 pub mod prereq;
 
-pub use cp::{TestMesh, TestCp};
+pub use cp::{TestCp, TestMesh};

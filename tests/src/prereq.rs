@@ -6,7 +6,10 @@
 pub fn postgres_url(test: &str) -> Option<String> {
     match std::env::var("WARDMESH_TEST_POSTGRES_URL") {
         Ok(u) if !u.is_empty() => Some(u),
-        _ => missing(test, "WARDMESH_TEST_POSTGRES_URL is not set (scripts/test starts PostgreSQL)"),
+        _ => missing(
+            test,
+            "WARDMESH_TEST_POSTGRES_URL is not set (scripts/test starts PostgreSQL)",
+        ),
     }
 }
 
@@ -38,12 +41,18 @@ pub async fn fresh_postgres_db(admin_url: &str) -> String {
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .expect("create test database");
-    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin_url);
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(admin_url);
     format!("{base}/{name}")
 }
 
 fn rand_suffix() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{:x}{:x}", n, std::process::id())
 }

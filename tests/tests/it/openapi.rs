@@ -6,7 +6,8 @@ use wardmesh_proto::paths;
 use wardmesh_tests::TestMesh;
 
 fn documented_paths() -> Vec<String> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../api/openapi.yaml")).unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../api/openapi.yaml"))
+        .unwrap();
     let body = doc.split_once("\npaths:\n").expect("a paths section").1;
     body.lines()
         .filter(|l| l.starts_with("  /") && l.ends_with(':'))
@@ -18,12 +19,25 @@ fn documented_paths() -> Vec<String> {
 async fn openapi_document_matches_the_served_routes() {
     let documented = documented_paths();
     let constants = [
-        paths::ATTEST, paths::RENEW, paths::AGENT_SYNC, paths::JOIN_TOKENS, paths::QUARANTINE,
-        paths::AGENTS, paths::ISSUANCES, paths::EVENTS, paths::CA, paths::CA_RELOAD,
-        paths::LIVE, paths::READY, paths::METRICS,
+        paths::ATTEST,
+        paths::RENEW,
+        paths::AGENT_SYNC,
+        paths::JOIN_TOKENS,
+        paths::QUARANTINE,
+        paths::AGENTS,
+        paths::ISSUANCES,
+        paths::EVENTS,
+        paths::CA,
+        paths::CA_RELOAD,
+        paths::LIVE,
+        paths::READY,
+        paths::METRICS,
     ];
     for c in constants {
-        assert!(documented.iter().any(|d| d == c), "{c} is served but not in api/openapi.yaml");
+        assert!(
+            documented.iter().any(|d| d == c),
+            "{c} is served but not in api/openapi.yaml"
+        );
     }
     let mesh = TestMesh::new();
     let cp = mesh.start().await;
@@ -32,7 +46,12 @@ async fn openapi_document_matches_the_served_routes() {
         let r = cp.call::<()>(&client, Method::GET, path, None, None).await;
         assert_ne!(r.status, 404, "{path} is documented but not served");
     }
-    let missing = cp.call::<()>(&client, Method::GET, "/v1/nope", None, None).await;
-    assert_eq!((missing.status, missing.code().as_str()), (404, "not_found"));
+    let missing = cp
+        .call::<()>(&client, Method::GET, "/v1/nope", None, None)
+        .await;
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (404, "not_found")
+    );
     cp.cp.shutdown().await;
 }

@@ -311,7 +311,11 @@ async fn permissive_inbound_and_passthrough_outbound_carry_plaintext_only_when_a
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.json);
-    assert!(r.json["headers"].get("x-wardmesh-peer-id").is_none(), "{}", r.json);
+    assert!(
+        r.json["headers"].get("x-wardmesh-peer-id").is_none(),
+        "{}",
+        r.json
+    );
     let pass = [("protocol", "http1"), ("outcome", "passthrough")];
     assert_eq!(open.metric("wardmesh_inbound_requests_total", &pass), 1.0);
     // Mesh TLS still works on the same port, with identity and authorization.
@@ -321,16 +325,31 @@ async fn permissive_inbound_and_passthrough_outbound_carry_plaintext_only_when_a
     // Outbound: a destination outside the mesh is refused unless passthrough is on.
     let target = format!("http://{app_addr}/outside");
     let r = send(m.client().get(&target)).await;
-    assert_eq!((r.status, r.json["error"].as_str()), (502, Some("unknown_destination")));
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (502, Some("unknown_destination"))
+    );
     let through = TestAgent::start(&m.cp, A, |c| {
         c.outbound.as_mut().unwrap().passthrough_unknown = true;
     })
     .await;
-    let r = send(proxy_client(&through).get(&target).header("x-wardmesh-peer-id", A)).await;
+    let r = send(
+        proxy_client(&through)
+            .get(&target)
+            .header("x-wardmesh-peer-id", A),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.json);
     assert_eq!(r.json["path"], "/outside");
-    assert!(r.json["headers"].get("x-wardmesh-peer-id").is_none(), "{}", r.json);
-    assert_eq!(through.metric("wardmesh_outbound_requests_total", &pass), 1.0);
+    assert!(
+        r.json["headers"].get("x-wardmesh-peer-id").is_none(),
+        "{}",
+        r.json
+    );
+    assert_eq!(
+        through.metric("wardmesh_outbound_requests_total", &pass),
+        1.0
+    );
     through.shutdown().await;
     open.shutdown().await;
     m.stop().await;
