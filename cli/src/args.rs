@@ -79,6 +79,13 @@ pub enum Command {
     ///   wardctl agents -o json
     #[command(verbatim_doc_comment)]
     Agents,
+    /// The tamper-evident audit log: read it, verify its chain and signed checkpoints.
+    ///
+    /// Examples:
+    ///   wardctl audit log --last 20
+    ///   wardctl audit verify
+    #[command(subcommand, verbatim_doc_comment)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -223,7 +230,8 @@ pub enum IdentityCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Identity, CA and operator events (the input of the audit log).
+    /// Identity, CA and operator events: the audit log's state changes (`wardctl audit log`
+    /// also shows every operator API call).
     ///
     /// Example:
     ///   wardctl identity events --limit 20
@@ -233,5 +241,41 @@ pub enum IdentityCommand {
         after: i64,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Audit entries, oldest first (auditor role).
+    ///
+    /// Examples:
+    ///   wardctl audit log --last 20
+    ///   wardctl audit log --kind operator.api --since 1h -o json
+    ///   wardctl audit log --kind 'identity.*' --since 2025-06-01T00:00:00Z
+    #[command(verbatim_doc_comment)]
+    Log {
+        /// Only this kind (e.g. identity.issued), or a prefix such as identity.*
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only entries since this time: RFC 3339, or an age such as 30s, 10m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the newest N matching entries (default 100 when --since is not given).
+        #[arg(long)]
+        last: Option<u32>,
+    },
+    /// Download the whole log and its checkpoints, recompute the hash chain and check each
+    /// checkpoint's signature against the pinned key; exits non-zero on the first damage.
+    ///
+    /// The key is pinned on first use in <home>/audit-key.pub; pass --key to use a key
+    /// obtained out of band (the control plane writes it to <state dir>/audit-signing.pub).
+    ///
+    /// Example:
+    ///   wardctl audit verify --key ./audit-signing.pub
+    #[command(verbatim_doc_comment)]
+    Verify {
+        /// Public key file (`ed25519:<base64>`), instead of the pinned one.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }

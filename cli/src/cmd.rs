@@ -1,5 +1,6 @@
 //! One module per command family; each function does one command.
 
+mod audit;
 mod ca;
 mod identity;
 mod token;
@@ -15,5 +16,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(c) => token::run(g, c).await,
         Command::Identity(c) => identity::run(g, c).await,
         Command::Agents => identity::agents(g).await,
+        Command::Audit(c) => audit::run(g, c).await,
     }
 }

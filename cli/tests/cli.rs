@@ -51,6 +51,8 @@ fn every_command_has_help_with_an_example() {
         &["identity", "quarantined"],
         &["identity", "issuances"],
         &["identity", "events"],
+        &["audit", "log"],
+        &["audit", "verify"],
         &["agents"],
     ];
     for cmd in commands {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -15,6 +16,7 @@ use wardmesh_proto::identity::{AttestRequest, RenewRequest, SyncRequest};
 use wardmesh_proto::operator::{CreateJoinTokenRequest, QuarantineRequest, Role};
 use wardmesh_proto::paths;
 
+use crate::audit::AuditLog;
 use crate::error::ApiFailure;
 use crate::identity::IdentityService;
 use crate::operator::OperatorService;
@@ -30,6 +32,7 @@ pub struct PeerIdentity(pub Option<SpiffeId>);
 pub struct ApiState {
     pub identity: IdentityService,
     pub operator: OperatorService,
+    pub audit: AuditLog,
     pub registry: Arc<prometheus::Registry>,
 }
 
@@ -62,7 +65,7 @@ where
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(http::header::AUTHORIZATION)?
         .to_str()
@@ -71,7 +74,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn reply<T: serde::Serialize>(res: Result<T, ApiFailure>) -> Response {
+pub(crate) fn reply<T: serde::Serialize>(res: Result<T, ApiFailure>) -> Response {
     match res {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
@@ -79,10 +82,8 @@ fn reply<T: serde::Serialize>(res: Result<T, ApiFailure>) -> Response {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route(paths::ATTEST, post(attest))
-        .route(paths::RENEW, post(renew))
-        .route(paths::AGENT_SYNC, post(sync))
+    // Every call to an operator endpoint, allowed or not, is an audit entry.
+    let operator = Router::new()
         .route(paths::JOIN_TOKENS, post(create_join_token))
         .route(
             paths::QUARANTINE,
@@ -93,6 +94,21 @@ pub fn router(state: ApiState) -> Router {
         .route(paths::EVENTS, get(list_events))
         .route(paths::CA, get(ca_status))
         .route(paths::CA_RELOAD, post(ca_reload))
+        .route(paths::AUDIT_ENTRIES, get(crate::audit::api::entries))
+        .route(
+            paths::AUDIT_CHECKPOINTS,
+            get(crate::audit::api::checkpoints),
+        )
+        .route(paths::AUDIT_KEY, get(crate::audit::api::key))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            crate::audit::api::record_operator_call,
+        ));
+    Router::new()
+        .route(paths::ATTEST, post(attest))
+        .route(paths::RENEW, post(renew))
+        .route(paths::AGENT_SYNC, post(sync))
+        .merge(operator)
         .route(paths::LIVE, get(|| async { "live\n" }))
         .route(paths::READY, get(|| async { "ready\n" }))
         .route(paths::METRICS, get(metrics))

@@ -14,6 +14,7 @@ use wardmesh_identity::seal::{SealKey, write_private};
 use wardmesh_store::Store;
 
 use crate::api::{ApiState, router};
+use crate::audit::{AuditLog, AuditSigner};
 use crate::ca_state::CaManager;
 use crate::config::ControlPlaneConfig;
 use crate::identity::{Clock, IdentityService, system_clock};
@@ -30,6 +31,7 @@ pub struct RunningControlPlane {
     pub ca: Arc<CaManager>,
     pub store: Store,
     pub operator: OperatorService,
+    pub audit: AuditLog,
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
     server: JoinHandle<()>,
@@ -43,6 +45,10 @@ impl RunningControlPlane {
         let _ = (&mut self.server).await;
         for t in &self.tasks {
             t.abort();
+        }
+        // Sign the head once more so the last calls served are covered too.
+        if let Err(e) = self.audit.checkpoint_if_moved().await {
+            tracing::warn!(error = %e, "could not write the final audit checkpoint");
         }
     }
 
@@ -70,6 +76,7 @@ pub async fn start_with_clock(
         .context("opening the store")?;
     let seal =
         SealKey::from_env_or_file(&config.seal_key_file).context("loading the CA sealing key")?;
+    let audit_seal = seal.clone();
     let dir = CaDir::new(&config.ca_dir);
     let ca = Arc::new(
         CaManager::load(
@@ -81,6 +88,12 @@ pub async fn start_with_clock(
         )
         .with_context(|| format!("loading the CA from {}", config.ca_dir.display()))?,
     );
+    // After the CA: opening it proves the sealing key right, so a wrong key never seals a
+    // new audit key on first start.
+    let audit_signer = AuditSigner::load_or_create(&config.state_dir, &audit_seal)
+        .context("loading the audit signing key")?;
+    tracing::info!(key_id = %audit_signer.public().key_id(), public_key = %audit_signer.public().to_text(), "audit checkpoints are signed with this key");
+    let audit = AuditLog::new(store.clone(), Arc::new(audit_signer), clock.clone());
     let sa_verifier = match &config.k8s {
         Some(k) => {
             let jwks = std::fs::read_to_string(&k.jwks_file)
@@ -115,6 +128,7 @@ pub async fn start_with_clock(
     let state = ApiState {
         identity,
         operator: operator.clone(),
+        audit: audit.clone(),
         registry,
     };
 
@@ -128,6 +142,11 @@ pub async fn start_with_clock(
     let tasks = vec![
         tokio::spawn(ca.clone().poll(config.ca_poll_interval, clock.clone())),
         tokio::spawn(deny.poll(store.clone(), config.ca_poll_interval)),
+        tokio::spawn(
+            audit
+                .clone()
+                .run_checkpoints(config.audit_checkpoint_interval),
+        ),
     ];
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::serve(
@@ -144,6 +163,7 @@ pub async fn start_with_clock(
         ca,
         store,
         operator,
+        audit,
         stop: Some(stop),
         tasks,
         server,

@@ -30,6 +30,9 @@ pub struct ControlPlaneConfig {
     pub leaf_ttl: Duration,
     #[serde(with = "secs")]
     pub ca_poll_interval: Duration,
+    /// How often a signed checkpoint is written over the audit chain head (when it moved).
+    #[serde(with = "secs")]
+    pub audit_checkpoint_interval: Duration,
     /// Host names and IPs in the serving certificate besides the SPIFFE ID.
     pub server_names: Vec<String>,
     pub k8s: Option<K8sAttestation>,
@@ -46,6 +49,7 @@ impl ControlPlaneConfig {
             state_dir: home.to_owned(),
             leaf_ttl: Duration::from_secs(3600),
             ca_poll_interval: Duration::from_secs(2),
+            audit_checkpoint_interval: Duration::from_secs(60),
             server_names: default_server_names(),
             k8s: None,
         }

@@ -1,12 +1,14 @@
 //! The wardmesh control plane: it loads the CA directory and keeps it current (root
 //! rotation without restarts), attests workloads and issues their X509-SVIDs, keeps the
 //! quarantine deny-list and pushes it to agents through long-poll syncs, and serves the
-//! operator API, all over one TLS port. Storage is `wardmesh-store` (SQLite by default,
+//! operator API, all over one TLS port. Every event and every operator API call goes into
+//! the hash-chained, checkpoint-signed audit log (`audit`). Storage is `wardmesh-store` (SQLite by default,
 //! PostgreSQL for HA). The core services (`identity`, `operator`) know nothing of HTTP;
 //! `api` is the thin adapter.
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod ca_state;
 pub mod config;
 pub mod error;

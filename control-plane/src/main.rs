@@ -36,6 +36,9 @@ struct Args {
     /// Extra DNS names/IPs for the serving certificate (repeatable).
     #[arg(long = "server-name")]
     server_names: Vec<String>,
+    /// Seconds between signed audit checkpoints (when the log moved).
+    #[arg(long, default_value_t = 60)]
+    audit_checkpoint_seconds: u64,
     /// Kubernetes service-account token issuer (enables SA-token attestation).
     #[arg(long, requires = "k8s_jwks_file")]
     k8s_issuer: Option<String>,
@@ -66,6 +69,10 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--leaf-ttl-seconds must be between 60 and 86400");
     }
     cfg.leaf_ttl = Duration::from_secs(a.leaf_ttl_seconds);
+    if a.audit_checkpoint_seconds == 0 || a.audit_checkpoint_seconds > 3600 {
+        anyhow::bail!("--audit-checkpoint-seconds must be between 1 and 3600");
+    }
+    cfg.audit_checkpoint_interval = Duration::from_secs(a.audit_checkpoint_seconds);
     cfg.server_names = default_server_names();
     cfg.server_names.extend(a.server_names);
     if let (Some(issuer), Some(jwks_file)) = (a.k8s_issuer, a.k8s_jwks_file) {
@@ -73,7 +80,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let registry = Arc::new(prometheus::Registry::new());
     let cp = wardmesh_control_plane::start(&cfg, registry).await?;
-    tokio::signal::ctrl_c().await?;
+    // Kubernetes stops pods with SIGTERM; both signals end with a final audit checkpoint.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     tracing::info!("shutting down");
     cp.shutdown().await;
     Ok(())

@@ -295,13 +295,20 @@ impl OperatorService {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<EventInfo>, ApiFailure> {
+        // State changes only: operator API access records are in /v1/audit/entries.
+        let q = wardmesh_store::AuditQuery {
+            after: after_id,
+            limit: limit.clamp(1, 1000),
+            exclude_kind: Some(crate::audit::kinds::OPERATOR_API.to_owned()),
+            ..Default::default()
+        };
         Ok(self
             .store
-            .list_events(after_id, limit.clamp(1, 1000))
+            .audit_entries(&q)
             .await?
             .into_iter()
             .map(|e| EventInfo {
-                id: e.id,
+                id: e.seq,
                 at: e.at,
                 kind: e.kind,
                 actor: e.actor,

@@ -309,7 +309,7 @@ async fn follow(
                 for ((_, client), tally) in callers.iter().zip(tallies.iter_mut()) {
                     demo::call(client, n % 50 + 1, tally).await;
                 }
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     print_tallies(callers, tallies);
                 }
             }

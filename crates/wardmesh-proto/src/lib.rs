@@ -3,6 +3,7 @@
 //! API paths. Types only; no I/O. Unknown fields are refused so a typo in a client is an
 //! error, not a silently ignored setting.
 
+pub mod audit;
 pub mod identity;
 pub mod operator;
 
@@ -28,6 +29,9 @@ pub mod paths {
     pub const EVENTS: &str = "/v1/events";
     pub const CA: &str = "/v1/ca";
     pub const CA_RELOAD: &str = "/v1/ca/reload";
+    pub const AUDIT_ENTRIES: &str = "/v1/audit/entries";
+    pub const AUDIT_CHECKPOINTS: &str = "/v1/audit/checkpoints";
+    pub const AUDIT_KEY: &str = "/v1/audit/key";
     pub const LIVE: &str = "/live";
     pub const READY: &str = "/ready";
     pub const METRICS: &str = "/metrics";

@@ -61,6 +61,11 @@ pub enum StoreError {
     )]
     SchemaTooNew { found: i64, supported: i64 },
 
+    /// The request contradicts what is stored (e.g. a checkpoint whose head hash is not the
+    /// hash of the entry it names). Nothing was changed.
+    #[error("refused: {0}")]
+    Rejected(String),
+
     /// A stored value cannot be decoded (e.g. a timestamp out of range, invalid JSON).
     #[error("stored data is invalid: {0}")]
     Corrupt(String),

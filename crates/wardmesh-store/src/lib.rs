@@ -1,16 +1,20 @@
 //! Storage for the wardmesh control plane. This crate owns the durable state behind
 //! identity issuance and operator access: single-use join tokens, the quarantine
 //! (deny-list) and its revision counter, the record of issued certificates, the last status
-//! of every agent, the identity/CA/operator event log (which the audit log consumes), and
-//! operator API tokens. One API, [`Store`], runs on two backends chosen by URL: an embedded
+//! of every agent, the hash-chained audit log (identity/CA/operator events, operator API
+//! calls, later PHI accesses) with its signed checkpoints, and operator API tokens. One API, [`Store`], runs on two backends chosen by URL: an embedded
 //! SQLite file (the default, one process) or PostgreSQL (several control-plane replicas
 //! sharing one database). Opening a store applies the schema migrations it is missing.
 //!
 //! Invariants the control plane relies on, on both backends and across replicas: a join
 //! token is consumed at most once; the deny-list revision changes with every change of the
-//! quarantine set and only then; event ids are strictly increasing in commit order, so
-//! paging with `after_id` never skips an event.
+//! quarantine set and only then; event ids (audit `seq`) are gapless and strictly
+//! increasing in commit order, so paging with `after_id` never skips an event; and every
+//! appended event is chained onto the entry committed before it ([`chain`] defines the
+//! hash), so one database shared by several replicas holds one chain.
 
+mod audit_sql;
+pub mod chain;
 mod error;
 mod location;
 mod postgres;
@@ -29,8 +33,8 @@ pub use error::StoreError;
 pub use location::redact_url;
 pub use schema::SCHEMA_VERSION;
 pub use types::{
-    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, JoinTokenRecord, OperatorToken,
-    QuarantineEntry,
+    AgentStatus, AuditAnchor, AuditEntry, AuditQuery, ChainHead, Checkpoint, ConsumeOutcome, Event,
+    Issuance, JoinToken, JoinTokenRecord, OperatorToken, PruneOutcome, QuarantineEntry,
 };
 
 use location::Location;
@@ -184,18 +188,88 @@ impl Store {
         dispatch!(self.list_agents())
     }
 
-    // ---- events -----------------------------------------------------------------------
+    // ---- events: the audit log ------------------------------------------------------
 
-    /// Appends an event and returns the id the store gave it (`event.id` is ignored).
-    /// Ids are gapless and strictly increasing in commit order.
+    /// Appends an event to the audit log and returns its seq (`event.id` is ignored).
+    /// Seqs are gapless and strictly increasing in commit order; the entry is chained onto
+    /// the one committed before it, in the same transaction.
     pub async fn append_event(&self, event: &Event) -> Result<i64, StoreError> {
-        dispatch!(self.append_event(event))
+        let seqs = dispatch!(self.append_events(std::slice::from_ref(event)))?;
+        seqs.first()
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".to_owned()))
+    }
+
+    /// Appends several events in one transaction (consecutive seqs, in slice order) and
+    /// returns their seqs. Cheaper per event than one append each: batch ingest uses it.
+    pub async fn append_events(&self, events: &[Event]) -> Result<Vec<i64>, StoreError> {
+        dispatch!(self.append_events(events))
     }
 
     /// Up to `limit` events with `id > after_id`, ascending. Page by passing the last id
     /// seen; start with 0.
     pub async fn list_events(&self, after_id: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        dispatch!(self.list_events(after_id, limit))
+        let q = AuditQuery {
+            after: after_id,
+            limit,
+            ..AuditQuery::default()
+        };
+        Ok(self
+            .audit_entries(&q)
+            .await?
+            .into_iter()
+            .map(Event::from)
+            .collect())
+    }
+
+    /// Audit entries (events with their chain hashes) matching `q`, ascending by seq.
+    pub async fn audit_entries(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        dispatch!(self.audit_entries(q))
+    }
+
+    /// The last appended entry's seq and hash ([`ChainHead::genesis`] for an empty log).
+    pub async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        dispatch!(self.audit_head())
+    }
+
+    /// Stores a signed checkpoint and returns it with its id (`checkpoint.id` is ignored).
+    /// [`StoreError::Rejected`] unless `head_hash` is the hash the log holds at `seq`.
+    pub async fn append_checkpoint(
+        &self,
+        checkpoint: &Checkpoint,
+    ) -> Result<Checkpoint, StoreError> {
+        dispatch!(self.append_checkpoint(checkpoint))
+    }
+
+    /// Up to `limit` checkpoints with `id > after_id`, ascending by id.
+    pub async fn list_checkpoints(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        dispatch!(self.list_checkpoints(after_id, limit))
+    }
+
+    /// The checkpoint with the highest seq, if any.
+    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        dispatch!(self.latest_checkpoint())
+    }
+
+    /// The checkpoint a pruned log starts from; `None` if the log was never pruned.
+    pub async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError> {
+        dispatch!(self.audit_anchor())
+    }
+
+    /// Retention: deletes every entry up to the checkpoint's seq and the older checkpoints,
+    /// and makes the checkpoint the log's anchor, so the rest stays verifiable from it.
+    /// Refused if the checkpoint does not match the log, or is older than the anchor;
+    /// pruning again at the anchor changes nothing.
+    pub async fn prune_audit(
+        &self,
+        checkpoint_id: i64,
+        now: OffsetDateTime,
+    ) -> Result<PruneOutcome, StoreError> {
+        dispatch!(self.prune_audit(checkpoint_id, now))
     }
 
     // ---- operator tokens --------------------------------------------------------------

@@ -1,11 +1,13 @@
 //! The shared backend: a small fixed pool of `tokio_postgres` clients. Several control-plane
 //! replicas may share one database; everything that must agree across them (single-use
-//! tokens, the deny-list revision, event ids) is decided inside PostgreSQL transactions.
+//! tokens, the deny-list revision, the audit chain) is decided inside PostgreSQL
+//! transactions. Operations are in `postgres/ops.rs` and `postgres/audit.rs`.
 //!
 //! A client whose connection broke (server restart, network cut, backend terminated) is
 //! replaced by a fresh connection the next time its slot is used, so the store recovers by
 //! itself once the server is reachable again; the call in flight when it broke fails.
 
+mod audit;
 mod ops;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -120,6 +122,14 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
             reason: crate::error::describe_postgres(&e),
         };
         tx.batch_execute(m.sql).await.map_err(failed)?;
+        if m.chain_existing_events {
+            audit::chain_existing_events(&tx)
+                .await
+                .map_err(|e| StoreError::Migration {
+                    version: m.version,
+                    reason: e.to_string(),
+                })?;
+        }
         tx.execute(
             "INSERT INTO schema_version (version, applied_at_us) VALUES ($1, $2)",
             &[&m.version, &to_micros(OffsetDateTime::now_utc())],

@@ -3,7 +3,9 @@
 //! Each backend has its own SQL files under `schema/<backend>/`, one per version, holding
 //! the same logical schema. A `schema_version` table records the versions applied; opening
 //! a store applies the missing ones in one transaction, so opening twice (or from several
-//! replicas at once) is harmless.
+//! replicas at once) is harmless. A migration may also need Rust code over the existing
+//! rows (version 2 chains the existing events, which SQL alone cannot hash); each backend
+//! runs it inside the same transaction, right after the step's SQL.
 
 use time::OffsetDateTime;
 
@@ -14,20 +16,38 @@ use crate::{ConsumeOutcome, StoreError};
 pub(crate) struct Migration {
     pub(crate) version: i64,
     pub(crate) sql: &'static str,
+    /// After the SQL: hash-chain the existing events (schema version 2).
+    pub(crate) chain_existing_events: bool,
 }
 
-pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../schema/sqlite/0001_initial.sql"),
-}];
+pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../schema/sqlite/0001_initial.sql"),
+        chain_existing_events: false,
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../schema/sqlite/0002_audit_chain.sql"),
+        chain_existing_events: true,
+    },
+];
 
-pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../schema/postgres/0001_initial.sql"),
-}];
+pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../schema/postgres/0001_initial.sql"),
+        chain_existing_events: false,
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../schema/postgres/0002_audit_chain.sql"),
+        chain_existing_events: true,
+    },
+];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The bookkeeping table, identical on both backends.
 pub(crate) const CREATE_SCHEMA_VERSION: &str = "CREATE TABLE IF NOT EXISTS schema_version (\
@@ -79,10 +99,6 @@ pub(crate) fn classify_unconsumed(
     })
 }
 
-pub(crate) fn detail_to_text(detail: &serde_json::Value) -> String {
-    detail.to_string()
-}
-
 pub(crate) fn detail_from_text(text: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text)
         .map_err(|e| StoreError::Corrupt(format!("event detail is not valid json: {e}")))
@@ -121,7 +137,8 @@ mod tests {
             pending(SQLITE_MIGRATIONS, SCHEMA_VERSION + 1).map(|i| i.count()),
             Err(StoreError::SchemaTooNew { found, supported }) if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION
         ));
-        assert_eq!(pending(POSTGRES_MIGRATIONS, 0).unwrap().count(), 1);
+        assert_eq!(pending(POSTGRES_MIGRATIONS, 0).unwrap().count(), 2);
+        assert_eq!(pending(POSTGRES_MIGRATIONS, 1).unwrap().count(), 1);
         assert_eq!(
             pending(POSTGRES_MIGRATIONS, SCHEMA_VERSION)
                 .unwrap()

@@ -1,7 +1,10 @@
 //! The embedded backend: one SQLite connection behind a mutex, used from
 //! `spawn_blocking`. Writes that read-then-write run in `BEGIN IMMEDIATE` transactions so
 //! that several processes sharing the file serialise on the write lock (with the busy
-//! timeout) instead of failing on a lock upgrade.
+//! timeout) instead of failing on a lock upgrade. The audit log's operations are in
+//! `sqlite/audit.rs`.
+
+mod audit;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,11 +15,10 @@ use time::OffsetDateTime;
 
 use crate::error::sqlite_conflict;
 use crate::schema::{
-    CREATE_SCHEMA_VERSION, SQLITE_MIGRATIONS, classify_unconsumed, detail_from_text,
-    detail_to_text, from_micros, pending, to_micros,
+    CREATE_SCHEMA_VERSION, SQLITE_MIGRATIONS, classify_unconsumed, from_micros, pending, to_micros,
 };
 use crate::{
-    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, JoinTokenRecord, OperatorToken,
+    AgentStatus, ConsumeOutcome, Issuance, JoinToken, JoinTokenRecord, OperatorToken,
     QuarantineEntry, StoreError,
 };
 
@@ -334,68 +336,6 @@ impl SqliteBackend {
         .await
     }
 
-    pub(crate) async fn append_event(&self, e: &Event) -> Result<i64, StoreError> {
-        let e = e.clone();
-        self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let id: i64 = tx.query_row(
-                "UPDATE counters SET value = value + 1 WHERE name = 'event_id' RETURNING value",
-                [],
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "INSERT INTO events (id, at_us, kind, actor, subject, detail) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    id,
-                    to_micros(e.at),
-                    e.kind,
-                    e.actor,
-                    e.subject,
-                    detail_to_text(&e.detail)
-                ],
-            )?;
-            tx.commit()?;
-            Ok(id)
-        })
-        .await
-    }
-
-    pub(crate) async fn list_events(
-        &self,
-        after_id: i64,
-        limit: u32,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.run(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT id, at_us, kind, actor, subject, detail FROM events WHERE id > ?1 \
-                 ORDER BY id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after_id, limit], |r| {
-                let detail: String = r.get(5)?;
-                Ok((
-                    Event {
-                        id: r.get(0)?,
-                        at: ts(r, 1)?,
-                        kind: r.get(2)?,
-                        actor: r.get(3)?,
-                        subject: r.get(4)?,
-                        detail: serde_json::Value::Null,
-                    },
-                    detail,
-                ))
-            })?;
-            let mut events = Vec::new();
-            for row in rows {
-                let (mut event, detail) = row?;
-                event.detail = detail_from_text(&detail)?;
-                events.push(event);
-            }
-            Ok(events)
-        })
-        .await
-    }
-
     pub(crate) async fn insert_operator_token(&self, t: &OperatorToken) -> Result<(), StoreError> {
         let t = t.clone();
         self.run(move |c| {
@@ -468,6 +408,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             reason: e.to_string(),
         };
         tx.execute_batch(m.sql).map_err(failed)?;
+        if m.chain_existing_events {
+            audit::chain_existing_events(&tx).map_err(|e| StoreError::Migration {
+                version: m.version,
+                reason: e.to_string(),
+            })?;
+        }
         tx.execute(
             "INSERT INTO schema_version (version, applied_at_us) VALUES (?1, ?2)",
             params![m.version, to_micros(OffsetDateTime::now_utc())],

@@ -7,9 +7,16 @@
 //! variable the PostgreSQL half is skipped with a note on stderr, except under `CI=true`
 //! where it fails.
 
+mod audit_checks;
 mod checks;
 mod fixtures;
 mod specific;
+
+/// Every check, for the macros below.
+mod all_checks {
+    pub(super) use super::audit_checks::*;
+    pub(super) use super::checks::*;
+}
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -186,7 +193,7 @@ macro_rules! store_checks {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn sqlite() {
                 super::run_on_sqlite(|db| async move {
-                    super::checks::$check(db.open().await).await
+                    super::all_checks::$check(db.open().await).await
                 })
                 .await
             }
@@ -194,7 +201,7 @@ macro_rules! store_checks {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
                 super::run_on_postgres(|db| async move {
-                    super::checks::$check(db.open().await).await
+                    super::all_checks::$check(db.open().await).await
                 })
                 .await
             }
@@ -209,12 +216,12 @@ macro_rules! db_checks {
         mod $check {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn sqlite() {
-                super::run_on_sqlite(super::checks::$check).await
+                super::run_on_sqlite(super::all_checks::$check).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
-                super::run_on_postgres(super::checks::$check).await
+                super::run_on_postgres(super::all_checks::$check).await
             }
         }
     )*};
@@ -231,6 +238,10 @@ store_checks!(
     check_events_paging,
     check_events_concurrent_appends,
     check_operator_tokens,
+    check_audit_chain_appends,
+    check_audit_queries,
+    check_audit_checkpoints,
+    check_audit_prune,
 );
 
 db_checks!(
@@ -238,7 +249,34 @@ db_checks!(
     check_join_token_race_across_replicas,
     check_revision_shared_across_replicas,
     check_persists_across_reopen,
+    check_audit_concurrent_replicas,
+    check_audit_upgrade_from_v1,
+    check_tamper_edit_detail,
+    check_tamper_delete_row,
+    check_tamper_swap_rows,
+    check_tamper_insert_row,
 );
+
+/// Runs `sql` (several statements allowed) on the test database directly, outside the
+/// store: what an attacker with database access, or an old build, would do.
+pub(crate) async fn raw_sql(db: &TestDb, sql: &str) {
+    match &db.postgres {
+        Some(_) => admin_execute(&db.url, sql).await,
+        None => {
+            let path = db.url.trim_start_matches("sqlite:").to_owned();
+            let sql = sql.to_owned();
+            tokio::task::spawn_blocking(move || {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.busy_timeout(std::time::Duration::from_secs(5))
+                    .unwrap();
+                conn.execute_batch(&sql)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            })
+            .await
+            .unwrap();
+        }
+    }
+}
 
 #[test]
 fn with_database_replaces_only_the_path() {

@@ -118,3 +118,92 @@ pub struct OperatorToken {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
+
+/// One entry of the hash-chained audit log: an [`Event`] with its place in the chain.
+/// See [`crate::chain`] for how `hash` is computed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The event id: gapless, strictly increasing in commit order.
+    pub seq: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub kind: String,
+    pub actor: String,
+    pub subject: String,
+    pub detail: serde_json::Value,
+    /// Hash of the entry before (or of the anchor / genesis), lowercase hex.
+    pub prev_hash: String,
+    /// SHA-256 over `prev_hash` and this entry's canonical form, lowercase hex.
+    pub hash: String,
+}
+
+/// A point of the chain: the last entry's sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// 0 for an empty log.
+    pub seq: i64,
+    pub hash: String,
+}
+
+impl ChainHead {
+    /// The point before the first entry of a log that was never pruned.
+    pub fn genesis() -> Self {
+        Self {
+            seq: 0,
+            hash: crate::chain::GENESIS_HASH.to_owned(),
+        }
+    }
+}
+
+/// A signed statement "the log up to `seq` has head hash `head_hash`", written by the
+/// control plane. The store checks the claim against the chain; the signature is opaque to
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Assigned by the store; ignored by `append_checkpoint`.
+    pub id: i64,
+    pub seq: i64,
+    pub head_hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Which signing key made `signature`.
+    pub key_id: String,
+    /// The signature over the checkpoint, encoded by the signer (base64).
+    pub signature: String,
+}
+
+/// The checkpoint a pruned log now starts from, and when it was pruned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    pub checkpoint: Checkpoint,
+    #[serde(with = "time::serde::rfc3339")]
+    pub pruned_at: OffsetDateTime,
+}
+
+/// What pruning removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneOutcome {
+    pub entries_removed: u64,
+    pub checkpoints_removed: u64,
+    /// The new starting point of the log.
+    pub anchor: AuditAnchor,
+}
+
+/// Which audit entries to read. Entries come back in ascending `seq` order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditQuery {
+    /// Only entries with `seq > after`.
+    pub after: i64,
+    /// Only entries with `seq < before`.
+    pub before: Option<i64>,
+    /// Only this kind; `prefix.*` matches every kind starting with `prefix.`.
+    pub kind: Option<String>,
+    /// Leave out this exact kind.
+    pub exclude_kind: Option<String>,
+    /// Only entries at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// At most this many entries.
+    pub limit: u32,
+    /// Take the newest `limit` matches instead of the oldest (still returned ascending).
+    pub newest: bool,
+}

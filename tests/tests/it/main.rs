@@ -1,6 +1,7 @@
 //! wardmesh integration tests: one binary, real TLS, real sockets, real stores.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod dataplane;
 mod identity_api;
 mod k8s_attestation;

@@ -8,11 +8,9 @@ use tokio_postgres::Row;
 
 use super::PostgresBackend;
 use crate::error::postgres_conflict;
-use crate::schema::{
-    classify_unconsumed, detail_from_text, detail_to_text, from_micros, to_micros,
-};
+use crate::schema::{classify_unconsumed, from_micros, to_micros};
 use crate::{
-    AgentStatus, ConsumeOutcome, Event, Issuance, JoinToken, JoinTokenRecord, OperatorToken,
+    AgentStatus, ConsumeOutcome, Issuance, JoinToken, JoinTokenRecord, OperatorToken,
     QuarantineEntry, StoreError,
 };
 
@@ -301,63 +299,6 @@ impl PostgresBackend {
             .collect()
     }
 
-    pub(crate) async fn append_event(&self, e: &Event) -> Result<i64, StoreError> {
-        let detail = detail_to_text(&e.detail);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // The counter row stays locked until commit, so ids are handed out in commit
-        // order: once a reader sees id N, every id below N is already visible.
-        let id: i64 = tx
-            .query_one(
-                "UPDATE counters SET value = value + 1 WHERE name = 'event_id' RETURNING value",
-                &[],
-            )
-            .await?
-            .try_get(0)?;
-        tx.execute(
-            "INSERT INTO events (id, at_us, kind, actor, subject, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
-            &[
-                &id,
-                &to_micros(e.at),
-                &e.kind,
-                &e.actor,
-                &e.subject,
-                &detail,
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    pub(crate) async fn list_events(
-        &self,
-        after_id: i64,
-        limit: u32,
-    ) -> Result<Vec<Event>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, at_us, kind, actor, subject, detail::text FROM events \
-                 WHERE id > $1 ORDER BY id LIMIT $2",
-                &[&after_id, &i64::from(limit)],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Event {
-                    id: r.try_get(0)?,
-                    at: ts(r, 1)?,
-                    kind: r.try_get(2)?,
-                    actor: r.try_get(3)?,
-                    subject: r.try_get(4)?,
-                    detail: detail_from_text(r.try_get(5)?)?,
-                })
-            })
-            .collect()
-    }
-
     pub(crate) async fn insert_operator_token(&self, t: &OperatorToken) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
@@ -404,7 +345,7 @@ impl PostgresBackend {
 }
 
 /// Reads a microsecond timestamp column.
-fn ts(row: &Row, idx: usize) -> Result<OffsetDateTime, StoreError> {
+pub(super) fn ts(row: &Row, idx: usize) -> Result<OffsetDateTime, StoreError> {
     from_micros(row.try_get(idx)?)
 }
 

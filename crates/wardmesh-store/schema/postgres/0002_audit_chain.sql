@@ -1,0 +1,49 @@
+-- wardmesh store, schema version 2 (PostgreSQL): the event log becomes the hash-chained
+-- audit log. Keep in step with ../sqlite/0002_audit_chain.sql. After these statements the
+-- migration code chains the existing events in id order (see src/chain.rs for the hash)
+-- and rewrites their detail as the canonical JSON text it hashed.
+
+-- detail becomes TEXT: the hash covers the exact canonical text, and JSONB would
+-- renormalise it (number spelling, key order), so the hash could not be recomputed.
+ALTER TABLE events
+    ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '',
+    ADD COLUMN hash TEXT NOT NULL DEFAULT '',
+    ALTER COLUMN detail TYPE TEXT USING detail::text;
+CREATE INDEX events_by_kind ON events (kind, id);
+
+-- The chain head, one row. It replaces counters.event_id as the row every append updates
+-- first: its row lock, held until commit, serialises appenders on every replica and hands
+-- each the seq to use and the hash to chain onto, in commit order.
+CREATE TABLE audit_head (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    seq       BIGINT NOT NULL,
+    hash      TEXT NOT NULL
+);
+INSERT INTO audit_head (singleton, seq, hash)
+    SELECT 1, value, '0000000000000000000000000000000000000000000000000000000000000000'
+    FROM counters WHERE name = 'event_id';
+DELETE FROM counters WHERE name = 'event_id';
+
+-- Signed statements "the log up to seq has this head hash" (Ed25519, by the control plane).
+CREATE TABLE audit_checkpoints (
+    id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    seq       BIGINT NOT NULL,
+    head_hash TEXT NOT NULL,
+    at_us     BIGINT NOT NULL,
+    key_id    TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE INDEX audit_checkpoints_by_seq ON audit_checkpoints (seq, id);
+
+-- After pruning: the checkpoint the remaining log starts from (its first entry's
+-- prev_hash is head_hash). At most one row.
+CREATE TABLE audit_anchor (
+    singleton     INTEGER PRIMARY KEY CHECK (singleton = 1),
+    checkpoint_id BIGINT NOT NULL,
+    seq           BIGINT NOT NULL,
+    head_hash     TEXT NOT NULL,
+    at_us         BIGINT NOT NULL,
+    key_id        TEXT NOT NULL,
+    signature     TEXT NOT NULL,
+    pruned_at_us  BIGINT NOT NULL
+);
