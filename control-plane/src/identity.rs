@@ -1,6 +1,8 @@
 //! Attestation and issuance, transport-free: decide who the caller is from what it
-//! proved, validate the CSR, sign, and only then commit (consume the join token, record
-//! the issuance). A bad CSR or a refused attestation changes nothing.
+//! proved, validate the CSR, sign, and only then commit: consume the join token (if any),
+//! record the issuance and append its audit event, all in one store transaction. A bad
+//! CSR, a refused attestation or a failed commit changes nothing and returns no
+//! certificate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use wardmesh_identity::SpiffeId;
 use wardmesh_identity::attest::{SaTokenVerifier, hash_secret, looks_like_join_token};
 use wardmesh_identity::ca::{IssueError, IssuedSvid};
 use wardmesh_proto::identity::{AttestRequest, Attestation, RenewRequest, SvidResponse};
-use wardmesh_store::{ConsumeOutcome, Event, Issuance, Store};
+use wardmesh_store::{CommitOutcome, ConsumeOutcome, Event, Issuance, IssuanceCommit, Store};
 
 use crate::ca_state::{CaManager, CaSnapshot};
 use crate::error::ApiFailure;
@@ -59,6 +61,25 @@ fn attestation_failed(message: impl Into<String>) -> ApiFailure {
     ApiFailure::unauthorized("attestation_failed", message)
 }
 
+/// The failure for a join token the commit could not spend.
+fn token_refused(outcome: ConsumeOutcome) -> ApiFailure {
+    match outcome {
+        ConsumeOutcome::AlreadyUsed { .. } => {
+            attestation_failed("join token was already used; create a new one")
+        }
+        ConsumeOutcome::Expired { .. } => {
+            attestation_failed("join token has expired; create a new one")
+        }
+        ConsumeOutcome::NotFound => {
+            attestation_failed("join token is not known to this control plane")
+        }
+        ConsumeOutcome::Consumed { .. } => {
+            tracing::error!("the store refused a join token it reports as consumed");
+            ApiFailure::internal("internal")
+        }
+    }
+}
+
 impl IdentityService {
     pub async fn attest(&self, req: AttestRequest) -> Result<SvidResponse, ApiFailure> {
         let kind = req.attestation.kind();
@@ -85,7 +106,7 @@ impl IdentityService {
             self.refuse_quarantined(id, "renewal").await?;
             let snap = self.ca.current();
             let issued = self.sign(&snap, &req.csr_pem, id)?;
-            self.commit(&snap, &issued, "renewal").await?;
+            self.commit(&snap, &issued, "renewal", None).await?;
             Ok(response(&snap, &issued))
         }
         .await;
@@ -122,27 +143,11 @@ impl IdentityService {
         self.refuse_quarantined(&id, "join_token").await?;
         let snap = self.ca.current();
         let issued = self.sign(&snap, csr, &id)?;
-        // Signing succeeded; only now spend the token. A concurrent use of the same
-        // token loses here and its certificate is discarded.
-        match self.store.consume_join_token(&hash, now).await? {
-            ConsumeOutcome::Consumed { .. } => {}
-            ConsumeOutcome::AlreadyUsed { .. } => {
-                return Err(attestation_failed(
-                    "join token was already used; create a new one",
-                ));
-            }
-            ConsumeOutcome::Expired { .. } => {
-                return Err(attestation_failed(
-                    "join token has expired; create a new one",
-                ));
-            }
-            ConsumeOutcome::NotFound => {
-                return Err(attestation_failed(
-                    "join token is not known to this control plane",
-                ));
-            }
-        }
-        self.commit(&snap, &issued, "join_token").await?;
+        // Signing succeeded; only now spend the token, in the same transaction that
+        // records the issuance. A concurrent use of the same token loses there and its
+        // certificate is discarded.
+        self.commit(&snap, &issued, "join_token", Some((hash, now)))
+            .await?;
         Ok(response(&snap, &issued))
     }
 
@@ -159,7 +164,7 @@ impl IdentityService {
         self.refuse_quarantined(&id, "k8s_sa_token").await?;
         let snap = self.ca.current();
         let issued = self.sign(&snap, csr, &id)?;
-        self.commit(&snap, &issued, "k8s_sa_token").await?;
+        self.commit(&snap, &issued, "k8s_sa_token", None).await?;
         Ok(response(&snap, &issued))
     }
 
@@ -187,15 +192,20 @@ impl IdentityService {
         Ok(())
     }
 
+    /// Spends `join_token` (its hash and the instant its expiry is checked against), if
+    /// any, records the issuance and appends `identity.issued`: one store transaction, all
+    /// or nothing. An error means the certificate must not be handed out.
     async fn commit(
         &self,
         snap: &CaSnapshot,
         issued: &IssuedSvid,
         attestation: &str,
+        join_token: Option<(String, OffsetDateTime)>,
     ) -> Result<(), ApiFailure> {
         let now = (self.clock)();
-        self.store
-            .record_issuance(&Issuance {
+        let commit = IssuanceCommit {
+            consume_join_token: join_token,
+            issuance: Issuance {
                 serial_hex: issued.serial_hex.clone(),
                 spiffe_id: issued.spiffe_id.to_string(),
                 not_before: issued.not_before,
@@ -203,19 +213,24 @@ impl IdentityService {
                 authority_id: snap.ca.signer.authority_id().to_owned(),
                 attestation: attestation.to_owned(),
                 issued_at: now,
-            })
-            .await?;
-        self.event(
-            "identity.issued",
-            attestation,
-            &issued.spiffe_id,
-            serde_json::json!({
-                "serial": issued.serial_hex,
-                "not_after": issued.not_after.unix_timestamp(),
-                "authority": issued.authority_id,
-            }),
-        )
-        .await;
+            },
+            event: Event {
+                id: 0,
+                at: now,
+                kind: "identity.issued".to_owned(),
+                actor: attestation.to_owned(),
+                subject: issued.spiffe_id.to_string(),
+                detail: serde_json::json!({
+                    "serial": issued.serial_hex,
+                    "not_after": issued.not_after.unix_timestamp(),
+                    "authority": issued.authority_id,
+                }),
+            },
+        };
+        match self.store.commit_issuance(&commit).await? {
+            CommitOutcome::Committed { .. } => {}
+            CommitOutcome::TokenRefused(outcome) => return Err(token_refused(outcome)),
+        }
         tracing::info!(spiffe_id = %issued.spiffe_id, attestation, serial = %issued.serial_hex, "svid issued");
         Ok(())
     }

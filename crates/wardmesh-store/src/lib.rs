@@ -33,8 +33,9 @@ pub use error::StoreError;
 pub use location::redact_url;
 pub use schema::SCHEMA_VERSION;
 pub use types::{
-    AgentStatus, AuditAnchor, AuditEntry, AuditQuery, ChainHead, Checkpoint, ConsumeOutcome, Event,
-    Issuance, JoinToken, JoinTokenRecord, OperatorToken, PruneOutcome, QuarantineEntry,
+    AgentStatus, AuditAnchor, AuditEntry, AuditQuery, ChainHead, Checkpoint, CommitOutcome,
+    ConsumeOutcome, Event, Issuance, IssuanceCommit, JoinToken, JoinTokenRecord, OperatorToken,
+    PruneOutcome, QuarantineEntry,
 };
 
 use location::Location;
@@ -164,6 +165,21 @@ impl Store {
     /// already recorded this serial.
     pub async fn record_issuance(&self, issuance: &Issuance) -> Result<(), StoreError> {
         dispatch!(self.record_issuance(issuance))
+    }
+
+    /// Commits one issuance in a single transaction: consumes the join token (if
+    /// `commit.consume_join_token` names one), records the issuance and appends its audit
+    /// event to the chain, exactly as [`Store::consume_join_token`],
+    /// [`Store::record_issuance`] and [`Store::append_event`] would one after the other,
+    /// but all or nothing. If the token cannot be consumed the transaction is rolled back
+    /// and [`CommitOutcome::TokenRefused`] says why; nothing is written. Any error also
+    /// leaves nothing written (the token stays unused). The token is checked first, so
+    /// among concurrent commits spending one token at most one is `Committed`.
+    pub async fn commit_issuance(
+        &self,
+        commit: &IssuanceCommit,
+    ) -> Result<CommitOutcome, StoreError> {
+        dispatch!(self.commit_issuance(commit))
     }
 
     /// Up to `limit` issuances, newest `issued_at` first (ties: most recently recorded

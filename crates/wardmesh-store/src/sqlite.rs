@@ -18,8 +18,8 @@ use crate::schema::{
     CREATE_SCHEMA_VERSION, SQLITE_MIGRATIONS, classify_unconsumed, from_micros, pending, to_micros,
 };
 use crate::{
-    AgentStatus, ConsumeOutcome, Issuance, JoinToken, JoinTokenRecord, OperatorToken,
-    QuarantineEntry, StoreError,
+    AgentStatus, CommitOutcome, ConsumeOutcome, Issuance, IssuanceCommit, JoinToken,
+    JoinTokenRecord, OperatorToken, QuarantineEntry, StoreError,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,35 +84,9 @@ impl SqliteBackend {
         now: OffsetDateTime,
     ) -> Result<ConsumeOutcome, StoreError> {
         let hash = token_hash.to_owned();
-        let now_us = to_micros(now);
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let consumed: Option<String> = tx
-                .query_row(
-                    "UPDATE join_tokens SET used_at_us = ?1 WHERE token_hash = ?2 \
-                     AND used_at_us IS NULL AND expires_at_us > ?1 RETURNING spiffe_id",
-                    params![now_us, hash],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let outcome = match consumed {
-                Some(spiffe_id) => ConsumeOutcome::Consumed { spiffe_id },
-                None => {
-                    let row: Option<(Option<i64>, i64)> = tx
-                        .query_row(
-                            "SELECT used_at_us, expires_at_us FROM join_tokens \
-                             WHERE token_hash = ?1",
-                            params![hash],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .optional()?;
-                    match row {
-                        Some((used, expires)) => classify_unconsumed(used, expires, now_us)?
-                            .unwrap_or(ConsumeOutcome::NotFound),
-                        None => ConsumeOutcome::NotFound,
-                    }
-                }
-            };
+            let outcome = consume_in(&tx, &hash, now)?;
             tx.commit()?;
             Ok(outcome)
         })
@@ -229,27 +203,31 @@ impl SqliteBackend {
 
     pub(crate) async fn record_issuance(&self, i: &Issuance) -> Result<(), StoreError> {
         let i = i.clone();
+        self.run(move |c| insert_issuance(c, &i)).await
+    }
+
+    pub(crate) async fn commit_issuance(
+        &self,
+        commit: &IssuanceCommit,
+    ) -> Result<CommitOutcome, StoreError> {
+        let commit = commit.clone();
         self.run(move |c| {
-            c.execute(
-                "INSERT INTO issuances (serial_hex, spiffe_id, not_before_us, not_after_us, \
-                 authority_id, attestation, issued_at_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    i.serial_hex,
-                    i.spiffe_id,
-                    to_micros(i.not_before),
-                    to_micros(i.not_after),
-                    i.authority_id,
-                    i.attestation,
-                    to_micros(i.issued_at)
-                ],
-            )
-            .map_err(|e| {
-                sqlite_conflict(
-                    e,
-                    "this authority already recorded a certificate with this serial",
-                )
-            })?;
-            Ok(())
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some((hash, now)) = &commit.consume_join_token {
+                let outcome = consume_in(&tx, hash, *now)?;
+                if !matches!(outcome, ConsumeOutcome::Consumed { .. }) {
+                    tx.rollback()?;
+                    return Ok(CommitOutcome::TokenRefused(outcome));
+                }
+            }
+            insert_issuance(&tx, &commit.issuance)?;
+            let seqs = audit::append_in(&tx, std::slice::from_ref(&commit.event))?;
+            let event_seq = seqs
+                .first()
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt("an append returned no seq".to_owned()))?;
+            tx.commit()?;
+            Ok(CommitOutcome::Committed { event_seq })
         })
         .await
     }
@@ -378,6 +356,59 @@ impl SqliteBackend {
         self.run(|c| Ok(c.query_row("SELECT COUNT(*) FROM operator_tokens", [], |r| r.get(0))?))
             .await
     }
+}
+
+/// Uses up the token with this hash if it is unused and `now < expires_at`, inside the
+/// caller's write transaction; otherwise says why not and changes nothing.
+fn consume_in(
+    tx: &Connection,
+    hash: &str,
+    now: OffsetDateTime,
+) -> Result<ConsumeOutcome, StoreError> {
+    let now_us = to_micros(now);
+    let consumed: Option<String> = tx
+        .prepare_cached(
+            "UPDATE join_tokens SET used_at_us = ?1 WHERE token_hash = ?2 \
+             AND used_at_us IS NULL AND expires_at_us > ?1 RETURNING spiffe_id",
+        )?
+        .query_row(params![now_us, hash], |r| r.get(0))
+        .optional()?;
+    if let Some(spiffe_id) = consumed {
+        return Ok(ConsumeOutcome::Consumed { spiffe_id });
+    }
+    let row: Option<(Option<i64>, i64)> = tx
+        .prepare_cached("SELECT used_at_us, expires_at_us FROM join_tokens WHERE token_hash = ?1")?
+        .query_row(params![hash], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        Some((used, expires)) => {
+            classify_unconsumed(used, expires, now_us)?.unwrap_or(ConsumeOutcome::NotFound)
+        }
+        None => ConsumeOutcome::NotFound,
+    })
+}
+
+fn insert_issuance(c: &Connection, i: &Issuance) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO issuances (serial_hex, spiffe_id, not_before_us, not_after_us, \
+         authority_id, attestation, issued_at_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        i.serial_hex,
+        i.spiffe_id,
+        to_micros(i.not_before),
+        to_micros(i.not_after),
+        i.authority_id,
+        i.attestation,
+        to_micros(i.issued_at)
+    ])
+    .map_err(|e| {
+        sqlite_conflict(
+            e,
+            "this authority already recorded a certificate with this serial",
+        )
+    })?;
+    Ok(())
 }
 
 fn open_and_migrate(path: Option<PathBuf>) -> Result<Connection, StoreError> {

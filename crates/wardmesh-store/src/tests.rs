@@ -9,6 +9,7 @@
 
 mod audit_checks;
 mod checks;
+mod commit_checks;
 mod fixtures;
 mod specific;
 
@@ -16,6 +17,7 @@ mod specific;
 mod all_checks {
     pub(super) use super::audit_checks::*;
     pub(super) use super::checks::*;
+    pub(super) use super::commit_checks::*;
 }
 
 use std::future::Future;
@@ -242,6 +244,8 @@ store_checks!(
     check_audit_queries,
     check_audit_checkpoints,
     check_audit_prune,
+    check_commit_issuance_race,
+    check_commit_issuance_all_or_nothing,
 );
 
 db_checks!(
@@ -255,6 +259,8 @@ db_checks!(
     check_tamper_delete_row,
     check_tamper_swap_rows,
     check_tamper_insert_row,
+    check_commit_issuance_race_across_replicas,
+    check_commit_issuance_concurrent_replicas,
 );
 
 /// Runs `sql` (several statements allowed) on the test database directly, outside the

@@ -52,6 +52,37 @@ pub enum ConsumeOutcome {
     },
 }
 
+/// Everything one certificate issuance writes, committed by [`Store::commit_issuance`] in
+/// one transaction: the join token it spends (if any), the issuance record and its audit
+/// event.
+///
+/// [`Store::commit_issuance`]: crate::Store::commit_issuance
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuanceCommit {
+    /// The hash of the join token to consume and the instant to check its expiry against;
+    /// `None` for attestations that spend nothing (Kubernetes tokens, renewals).
+    pub consume_join_token: Option<(String, OffsetDateTime)>,
+    pub issuance: Issuance,
+    /// The audit event, chained like [`Store::append_event`] chains it (`event.id` is
+    /// ignored).
+    ///
+    /// [`Store::append_event`]: crate::Store::append_event
+    pub event: Event,
+}
+
+/// What [`Store::commit_issuance`] did.
+///
+/// [`Store::commit_issuance`]: crate::Store::commit_issuance
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The token (if any) is used up and the issuance and its event are stored; the event
+    /// got `event_seq`.
+    Committed { event_seq: i64 },
+    /// The join token could not be consumed (never [`ConsumeOutcome::Consumed`]); nothing
+    /// was written.
+    TokenRefused(ConsumeOutcome),
+}
+
 /// A SPIFFE ID that must not be issued certificates and that agents deny.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantineEntry {

@@ -30,61 +30,9 @@ impl PostgresBackend {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // Claims seqs head+1..=head+n and reads the hash to chain onto; the row stays
-        // locked until commit.
-        let row = tx
-            .query_typed_one(
-                "UPDATE audit_head SET seq = seq + $1 WHERE singleton = 1 RETURNING seq, hash",
-                &[(&n, Type::INT8)],
-            )
-            .await?;
-        let head = ChainHead {
-            seq: row.try_get::<_, i64>(0)? - n,
-            hash: row.try_get(1)?,
-        };
-        let rows = chain_rows(&head, events)?;
-        let last_hash = rows.last().map(|r| r.hash.clone()).unwrap_or(head.hash);
-        let column = |f: fn(&crate::audit_sql::ChainedRow) -> String| -> Vec<String> {
-            rows.iter().map(f).collect()
-        };
-        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        let ats: Vec<i64> = rows.iter().map(|r| r.at_us).collect();
-        let (kinds, actors, subjects) = (
-            column(|r| r.kind.clone()),
-            column(|r| r.actor.clone()),
-            column(|r| r.subject.clone()),
-        );
-        let (details, prevs, hashes) = (
-            column(|r| r.detail.clone()),
-            column(|r| r.prev_hash.clone()),
-            column(|r| r.hash.clone()),
-        );
-        let insert_params: [(&(dyn ToSql + Sync), Type); 8] = [
-            (&seqs, Type::INT8_ARRAY),
-            (&ats, Type::INT8_ARRAY),
-            (&kinds, Type::TEXT_ARRAY),
-            (&actors, Type::TEXT_ARRAY),
-            (&subjects, Type::TEXT_ARRAY),
-            (&details, Type::TEXT_ARRAY),
-            (&prevs, Type::TEXT_ARRAY),
-            (&hashes, Type::TEXT_ARRAY),
-        ];
-        let update_params: [(&(dyn ToSql + Sync), Type); 1] = [(&last_hash, Type::TEXT)];
-        let insert = tx.execute_typed(
-            "INSERT INTO events (id, at_us, kind, actor, subject, detail, prev_hash, hash) \
-             SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], \
-             $6::text[], $7::text[], $8::text[])",
-            &insert_params,
-        );
-        let update = tx.execute_typed(
-            "UPDATE audit_head SET hash = $1 WHERE singleton = 1",
-            &update_params,
-        );
-        // Pipelined on the one connection: one round trip for both.
-        tokio::try_join!(insert, update)?;
+        let seqs = append_in(&tx, events).await?;
         tx.commit().await?;
         Ok(seqs)
     }
@@ -258,6 +206,72 @@ impl PostgresBackend {
             },
         })
     }
+}
+
+/// Appends `events` inside the caller's transaction and returns their seqs: claims seqs
+/// head+1..=head+n (locking the head row until the transaction ends), chains the events
+/// onto the head's hash and moves the head to the last one.
+pub(super) async fn append_in(
+    tx: &Transaction<'_>,
+    events: &[Event],
+) -> Result<Vec<i64>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    // Claims seqs head+1..=head+n and reads the hash to chain onto; the row stays
+    // locked until commit.
+    let row = tx
+        .query_typed_one(
+            "UPDATE audit_head SET seq = seq + $1 WHERE singleton = 1 RETURNING seq, hash",
+            &[(&n, Type::INT8)],
+        )
+        .await?;
+    let head = ChainHead {
+        seq: row.try_get::<_, i64>(0)? - n,
+        hash: row.try_get(1)?,
+    };
+    let rows = chain_rows(&head, events)?;
+    let last_hash = rows.last().map(|r| r.hash.clone()).unwrap_or(head.hash);
+    let column = |f: fn(&crate::audit_sql::ChainedRow) -> String| -> Vec<String> {
+        rows.iter().map(f).collect()
+    };
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let ats: Vec<i64> = rows.iter().map(|r| r.at_us).collect();
+    let (kinds, actors, subjects) = (
+        column(|r| r.kind.clone()),
+        column(|r| r.actor.clone()),
+        column(|r| r.subject.clone()),
+    );
+    let (details, prevs, hashes) = (
+        column(|r| r.detail.clone()),
+        column(|r| r.prev_hash.clone()),
+        column(|r| r.hash.clone()),
+    );
+    let insert_params: [(&(dyn ToSql + Sync), Type); 8] = [
+        (&seqs, Type::INT8_ARRAY),
+        (&ats, Type::INT8_ARRAY),
+        (&kinds, Type::TEXT_ARRAY),
+        (&actors, Type::TEXT_ARRAY),
+        (&subjects, Type::TEXT_ARRAY),
+        (&details, Type::TEXT_ARRAY),
+        (&prevs, Type::TEXT_ARRAY),
+        (&hashes, Type::TEXT_ARRAY),
+    ];
+    let update_params: [(&(dyn ToSql + Sync), Type); 1] = [(&last_hash, Type::TEXT)];
+    let insert = tx.execute_typed(
+        "INSERT INTO events (id, at_us, kind, actor, subject, detail, prev_hash, hash) \
+         SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::text[])",
+        &insert_params,
+    );
+    let update = tx.execute_typed(
+        "UPDATE audit_head SET hash = $1 WHERE singleton = 1",
+        &update_params,
+    );
+    // Pipelined on the one connection: one round trip for both.
+    tokio::try_join!(insert, update)?;
+    Ok(seqs)
 }
 
 /// Refuses a checkpoint (or a cut) at `seq` unless `head_hash` is what the log holds there.

@@ -4,14 +4,14 @@
 //! what makes the single-use and counter updates race-free across replicas.
 
 use time::OffsetDateTime;
-use tokio_postgres::Row;
+use tokio_postgres::{GenericClient, Row, Transaction};
 
 use super::PostgresBackend;
 use crate::error::postgres_conflict;
 use crate::schema::{classify_unconsumed, from_micros, to_micros};
 use crate::{
-    AgentStatus, ConsumeOutcome, Issuance, JoinToken, JoinTokenRecord, OperatorToken,
-    QuarantineEntry, StoreError,
+    AgentStatus, CommitOutcome, ConsumeOutcome, Issuance, IssuanceCommit, JoinToken,
+    JoinTokenRecord, OperatorToken, QuarantineEntry, StoreError,
 };
 
 const BUMP_DENY_LIST_REVISION: &str =
@@ -42,34 +42,9 @@ impl PostgresBackend {
         token_hash: &str,
         now: OffsetDateTime,
     ) -> Result<ConsumeOutcome, StoreError> {
-        let now_us = to_micros(now);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let consumed = tx
-            .query_opt(
-                "UPDATE join_tokens SET used_at_us = $1 WHERE token_hash = $2 \
-                 AND used_at_us IS NULL AND expires_at_us > $1 RETURNING spiffe_id",
-                &[&now_us, &token_hash],
-            )
-            .await?;
-        let outcome = match consumed {
-            Some(row) => ConsumeOutcome::Consumed {
-                spiffe_id: row.try_get(0)?,
-            },
-            None => {
-                let row = tx
-                    .query_opt(
-                        "SELECT used_at_us, expires_at_us FROM join_tokens WHERE token_hash = $1",
-                        &[&token_hash],
-                    )
-                    .await?;
-                match row {
-                    Some(row) => classify_unconsumed(row.try_get(0)?, row.try_get(1)?, now_us)?
-                        .unwrap_or(ConsumeOutcome::NotFound),
-                    None => ConsumeOutcome::NotFound,
-                }
-            }
-        };
+        let outcome = consume_in(&tx, token_hash, now).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -188,28 +163,32 @@ impl PostgresBackend {
 
     pub(crate) async fn record_issuance(&self, i: &Issuance) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO issuances (serial_hex, spiffe_id, not_before_us, not_after_us, \
-                 authority_id, attestation, issued_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &i.serial_hex,
-                    &i.spiffe_id,
-                    &to_micros(i.not_before),
-                    &to_micros(i.not_after),
-                    &i.authority_id,
-                    &i.attestation,
-                    &to_micros(i.issued_at),
-                ],
-            )
-            .await
-            .map_err(|e| {
-                postgres_conflict(
-                    e,
-                    "this authority already recorded a certificate with this serial",
-                )
-            })?;
-        Ok(())
+        insert_issuance(&*client, i).await
+    }
+
+    pub(crate) async fn commit_issuance(
+        &self,
+        commit: &IssuanceCommit,
+    ) -> Result<CommitOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The token first: its row lock makes concurrent spenders of one token wait here,
+        // and re-check, before any of them touches the audit head.
+        if let Some((hash, now)) = &commit.consume_join_token {
+            let outcome = consume_in(&tx, hash, *now).await?;
+            if !matches!(outcome, ConsumeOutcome::Consumed { .. }) {
+                tx.rollback().await?;
+                return Ok(CommitOutcome::TokenRefused(outcome));
+            }
+        }
+        insert_issuance(&tx, &commit.issuance).await?;
+        let seqs = super::audit::append_in(&tx, std::slice::from_ref(&commit.event)).await?;
+        let event_seq = seqs
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".to_owned()))?;
+        tx.commit().await?;
+        Ok(CommitOutcome::Committed { event_seq })
     }
 
     pub(crate) async fn list_issuances(
@@ -342,6 +321,64 @@ impl PostgresBackend {
             .await?;
         Ok(row.try_get(0)?)
     }
+}
+
+/// Uses up the token with this hash if it is unused and `now < expires_at`, inside the
+/// caller's transaction; otherwise says why not and changes nothing.
+async fn consume_in(
+    tx: &Transaction<'_>,
+    token_hash: &str,
+    now: OffsetDateTime,
+) -> Result<ConsumeOutcome, StoreError> {
+    let now_us = to_micros(now);
+    let consumed = tx
+        .query_opt(
+            "UPDATE join_tokens SET used_at_us = $1 WHERE token_hash = $2 \
+             AND used_at_us IS NULL AND expires_at_us > $1 RETURNING spiffe_id",
+            &[&now_us, &token_hash],
+        )
+        .await?;
+    if let Some(row) = consumed {
+        return Ok(ConsumeOutcome::Consumed {
+            spiffe_id: row.try_get(0)?,
+        });
+    }
+    let row = tx
+        .query_opt(
+            "SELECT used_at_us, expires_at_us FROM join_tokens WHERE token_hash = $1",
+            &[&token_hash],
+        )
+        .await?;
+    Ok(match row {
+        Some(row) => classify_unconsumed(row.try_get(0)?, row.try_get(1)?, now_us)?
+            .unwrap_or(ConsumeOutcome::NotFound),
+        None => ConsumeOutcome::NotFound,
+    })
+}
+
+async fn insert_issuance(client: &impl GenericClient, i: &Issuance) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO issuances (serial_hex, spiffe_id, not_before_us, not_after_us, \
+             authority_id, attestation, issued_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &i.serial_hex,
+                &i.spiffe_id,
+                &to_micros(i.not_before),
+                &to_micros(i.not_after),
+                &i.authority_id,
+                &i.attestation,
+                &to_micros(i.issued_at),
+            ],
+        )
+        .await
+        .map_err(|e| {
+            postgres_conflict(
+                e,
+                "this authority already recorded a certificate with this serial",
+            )
+        })?;
+    Ok(())
 }
 
 /// Reads a microsecond timestamp column.

@@ -24,27 +24,9 @@ impl SqliteBackend {
         let events = events.to_vec();
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
-            // Claims seqs head+1..=head+n and reads the hash to chain onto.
-            let (last_seq, prev_hash): (i64, String) = tx.query_row(
-                "UPDATE audit_head SET seq = seq + ?1 WHERE singleton = 1 RETURNING seq, hash",
-                [n],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let head = ChainHead {
-                seq: last_seq - n,
-                hash: prev_hash,
-            };
-            let rows = chain_rows(&head, &events)?;
-            insert_rows(&tx, &rows)?;
-            if let Some(last) = rows.last() {
-                tx.execute(
-                    "UPDATE audit_head SET hash = ?1 WHERE singleton = 1",
-                    [&last.hash],
-                )?;
-            }
+            let seqs = append_in(&tx, &events)?;
             tx.commit()?;
-            Ok(rows.iter().map(|r| r.seq).collect())
+            Ok(seqs)
         })
         .await
     }
@@ -210,6 +192,32 @@ impl SqliteBackend {
         })
         .await
     }
+}
+
+/// Appends `events` inside the caller's write transaction (`BEGIN IMMEDIATE`, so the head
+/// read here is the committed one) and returns their seqs: claims seqs head+1..=head+n,
+/// chains the events onto the head's hash and moves the head to the last one.
+pub(super) fn append_in(tx: &Transaction<'_>, events: &[Event]) -> Result<Vec<i64>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let (last_seq, prev_hash): (i64, String) = tx
+        .prepare_cached(
+            "UPDATE audit_head SET seq = seq + ?1 WHERE singleton = 1 RETURNING seq, hash",
+        )?
+        .query_row([n], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let head = ChainHead {
+        seq: last_seq - n,
+        hash: prev_hash,
+    };
+    let rows = chain_rows(&head, events)?;
+    insert_rows(tx, &rows)?;
+    if let Some(last) = rows.last() {
+        tx.prepare_cached("UPDATE audit_head SET hash = ?1 WHERE singleton = 1")?
+            .execute([&last.hash])?;
+    }
+    Ok(rows.iter().map(|r| r.seq).collect())
 }
 
 fn insert_rows(tx: &Transaction<'_>, rows: &[ChainedRow]) -> Result<(), StoreError> {

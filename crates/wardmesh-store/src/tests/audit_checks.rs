@@ -34,7 +34,7 @@ async fn all_entries(store: &Store) -> Vec<AuditEntry> {
 }
 
 /// Walks the whole log from its anchor (or the genesis).
-async fn verify(store: &Store) -> Result<u64, ChainBreak> {
+pub(super) async fn verify(store: &Store) -> Result<u64, ChainBreak> {
     let anchor = store.audit_anchor().await.unwrap().map(|a| ChainHead {
         seq: a.checkpoint.seq,
         hash: a.checkpoint.head_hash,
