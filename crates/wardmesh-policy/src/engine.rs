@@ -33,8 +33,8 @@ pub use decision::{Decision, InputError, RULE_POLICY_ERROR};
 /// Knobs of the policy runtime. [`Default`] suits an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
-    /// Fuel (≈ wasm instructions) one evaluation may use. The clinic policy needs about
-    /// 0.1 M; an endless loop stops after this much.
+    /// Fuel (≈ wasm instructions) one evaluation may use. The clinic policy needs
+    /// 0.2–0.4 M; an endless loop stops after this much (a few milliseconds).
     pub fuel_per_eval: u64,
     /// Fuel for creating an instance (the guest compiles its Rego on first use).
     pub fuel_per_instance: u64,
@@ -47,6 +47,7 @@ pub struct RuntimeConfig {
     pub max_idle_instances: usize,
     /// Directory for precompiled modules (must be private to this process's user). With
     /// it, a restart maps the native code instead of recompiling for a second or more.
+    /// Entries are memory-mapped: replace them (rename), never rewrite them in place.
     pub module_cache_dir: Option<PathBuf>,
     /// The entrypoint evaluated for every request.
     pub entrypoint: String,
@@ -137,6 +138,20 @@ impl PolicyRuntime {
         &self.config
     }
 
+    /// Fills the module cache for `bundle` without instantiating anything, so the
+    /// compilation's memory peak (~100 MB for a wardmesh guest) can be paid in a
+    /// short-lived helper process and the agent itself only maps the result. Returns
+    /// whether the module was already cached. Needs [`RuntimeConfig::module_cache_dir`].
+    pub fn warm_cache(&self, bundle: &VerifiedBundle) -> Result<bool, LoadError> {
+        let Some(dir) = self.config.module_cache_dir.as_deref() else {
+            return Err(LoadError::Cache {
+                path: PathBuf::new(),
+                source: std::io::Error::other("no module_cache_dir is configured"),
+            });
+        };
+        cache::module(&self.engine, bundle.wasm(), Some(dir)).map(|(_, cached)| cached)
+    }
+
     /// Compiles (once) and instantiates a verified bundle. CPU-heavy on a cache miss
     /// (about a second for a wardmesh guest): call it from a blocking thread.
     pub fn load(&self, bundle: &VerifiedBundle) -> Result<PolicyEngine, LoadError> {
@@ -176,6 +191,14 @@ impl PolicyRuntime {
             from_cache,
             instantiate: started.elapsed(),
         };
+        tracing::info!(
+            revision = %bundle.revision(),
+            signer = bundle.signer().unwrap_or("unsigned"),
+            compile_ms = report.compile.as_millis() as u64,
+            from_cache = report.from_cache,
+            instantiate_ms = report.instantiate.as_millis() as u64,
+            "policy bundle loaded"
+        );
         Ok((PolicyEngine { shared }, report))
     }
 }

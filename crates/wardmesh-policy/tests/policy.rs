@@ -8,5 +8,6 @@ mod policy {
     pub mod bench;
     pub mod clinic;
     pub mod opa_compat;
+    pub mod raw_abi;
     pub mod support;
 }

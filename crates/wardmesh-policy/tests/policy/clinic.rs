@@ -331,3 +331,31 @@ fn concurrent_evaluations_use_a_pool_of_instances() {
         "{idle}"
     );
 }
+
+#[test]
+fn a_warmed_cache_makes_loading_map_instead_of_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = wardmesh_policy::PolicyRuntime::new(wardmesh_policy::RuntimeConfig {
+        module_cache_dir: Some(dir.path().to_path_buf()),
+        ..wardmesh_policy::RuntimeConfig::default()
+    })
+    .unwrap();
+    assert!(!runtime.warm_cache(clinic_bundle()).unwrap());
+    assert!(runtime.warm_cache(clinic_bundle()).unwrap());
+    let (engine, report) = runtime.load_with_report(clinic_bundle()).unwrap();
+    assert!(report.from_cache);
+    let allow = Req::new(clinician(true), "GET", "/patients/p-1001/notes", "TREAT").input();
+    assert!(engine.evaluate(&allow).allow);
+    // A damaged cache entry is replaced, not trusted. (Entries are memory-mapped: they
+    // are replaced by rename, never rewritten in place.)
+    drop(engine);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let tmp = path.with_extension("garbage");
+        std::fs::write(&tmp, b"garbage").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    let (engine, report) = runtime.load_with_report(clinic_bundle()).unwrap();
+    assert!(!report.from_cache);
+    assert!(engine.evaluate(&allow).allow);
+}
