@@ -64,7 +64,10 @@ fn boxed(value: Value) -> i32 {
 /// The tagged box at `addr`, if `addr` is one this guest handed out.
 fn boxed_at(addr: i32) -> Option<&'static mut Boxed> {
     let a = addr as u32 as usize;
-    if a == 0 || a % core::mem::align_of::<Boxed>() != 0 || a + size_of::<Boxed>() > memory_len() {
+    if a == 0
+        || !a.is_multiple_of(core::mem::align_of::<Boxed>())
+        || a + size_of::<Boxed>() > memory_len()
+    {
         return None;
     }
     // SAFETY: in bounds and aligned; the magic is checked before a reference is formed.
@@ -82,7 +85,10 @@ fn value_at(addr: i32) -> Option<&'static mut Value> {
 
 fn ctx_at(addr: i32) -> &'static mut Ctx {
     let a = addr as u32 as usize;
-    if a == 0 || a % core::mem::align_of::<Ctx>() != 0 || a + size_of::<Ctx>() > memory_len() {
+    if a == 0
+        || !a.is_multiple_of(core::mem::align_of::<Ctx>())
+        || a + size_of::<Ctx>() > memory_len()
+    {
         abort("invalid evaluation context address");
     }
     // SAFETY: in bounds and aligned; the magic is checked before use.
@@ -146,7 +152,7 @@ pub extern "C" fn opa_malloc(size: i32) -> i32 {
 pub extern "C" fn opa_free(addr: i32) {
     init();
     let a = addr as u32 as usize;
-    if a < 8 || a % 8 != 0 || a > memory_len() {
+    if a < 8 || !a.is_multiple_of(8) || a > memory_len() {
         return;
     }
     let h = a - 8;

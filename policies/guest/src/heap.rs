@@ -183,11 +183,12 @@ unsafe impl GlobalAlloc for Heap {
             start >= self.base.get()
         };
         if end == cell.get() && in_active_region {
-            if let Some(new_end) = start.checked_add(new_size) {
-                if new_end <= limit && ensure_memory(new_end) {
-                    cell.set(new_end);
-                    return old;
-                }
+            if let Some(new_end) = start.checked_add(new_size)
+                && new_end <= limit
+                && ensure_memory(new_end)
+            {
+                cell.set(new_end);
+                return old;
             }
             out_of_memory(self.persistent.get());
         }
