@@ -65,6 +65,14 @@ where
     }
 }
 
+/// A query string, or a 400 that says what was wrong with it.
+pub(crate) fn query<T>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiFailure> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiFailure::bad_request("invalid_query", e.body_text()))
+}
+
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(http::header::AUTHORIZATION)?
@@ -200,8 +208,7 @@ async fn unquarantine(
                 .operator
                 .authorize(bearer(&headers), Role::SecurityAdmin)
                 .await?;
-            let Query(q) =
-                q.map_err(|e| ApiFailure::bad_request("invalid_query", e.body_text()))?;
+            let q = query(q)?;
             s.operator.unquarantine(&op, &q.spiffe_id).await
         }
         .await,
@@ -236,8 +243,7 @@ async fn list_issuances(
             s.operator
                 .authorize(bearer(&headers), Role::Auditor)
                 .await?;
-            let Query(q) =
-                q.map_err(|e| ApiFailure::bad_request("invalid_query", e.body_text()))?;
+            let q = query(q)?;
             s.operator
                 .list_issuances(q.spiffe_id.as_deref(), q.limit.unwrap_or(100))
                 .await
@@ -256,8 +262,7 @@ async fn list_events(
             s.operator
                 .authorize(bearer(&headers), Role::Auditor)
                 .await?;
-            let Query(q) =
-                q.map_err(|e| ApiFailure::bad_request("invalid_query", e.body_text()))?;
+            let q = query(q)?;
             s.operator
                 .list_events(q.after.unwrap_or(0), q.limit.unwrap_or(100))
                 .await

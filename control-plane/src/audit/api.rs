@@ -17,7 +17,7 @@ use wardmesh_identity::attest::hash_secret;
 use wardmesh_proto::operator::Role;
 
 use super::{AuditRecord, EntriesQuery, kinds};
-use crate::api::{ApiState, bearer, reply};
+use crate::api::{ApiState, bearer, query, reply};
 use crate::error::ApiFailure;
 
 /// `GET /v1/audit/entries` (auditor).
@@ -31,8 +31,7 @@ pub async fn entries(
             s.operator
                 .authorize(bearer(&headers), Role::Auditor)
                 .await?;
-            let Query(q) =
-                q.map_err(|e| ApiFailure::bad_request("invalid_query", e.body_text()))?;
+            let q = query(q)?;
             s.audit.entries(q).await
         }
         .await,
@@ -57,8 +56,7 @@ pub async fn checkpoints(
             s.operator
                 .authorize(bearer(&headers), Role::Auditor)
                 .await?;
-            let Query(q) =
-                q.map_err(|e| ApiFailure::bad_request("invalid_query", e.body_text()))?;
+            let q = query(q)?;
             s.audit.checkpoints(q.after, q.limit).await
         }
         .await,
