@@ -41,6 +41,8 @@ pub struct AdminState {
     identity: IdentityHandle,
     registry: Registry,
     clock: Arc<dyn Clock>,
+    policy: Option<crate::policy::PolicyHandle>,
+    jwt: Option<crate::jwt::JwtValidator>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -65,7 +67,20 @@ impl AdminState {
             identity,
             registry,
             clock,
+            policy: None,
+            jwt: None,
         })
+    }
+
+    /// Reports the running policy and the OIDC issuers' key status on `/config_dump`.
+    pub fn with_policy(
+        mut self,
+        policy: crate::policy::PolicyHandle,
+        jwt: Option<crate::jwt::JwtValidator>,
+    ) -> Self {
+        self.policy = Some(policy);
+        self.jwt = jwt;
+        self
     }
 
     fn ready_line(&self) -> Result<(), String> {
@@ -104,6 +119,8 @@ impl AdminState {
             "not_ready_reason": ready.err(),
             "last_error": self.identity.last_error(),
             "last_sync_error": self.identity.last_sync_error(),
+            "policy": self.policy.as_ref().map(|p| p.status()),
+            "oidc": self.jwt.as_ref().map(|j| j.status()),
         })
     }
 }

@@ -19,13 +19,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::admin::{self, AdminState};
-use crate::authz::{AllowList, AuthzHandle};
+use crate::authz::{AllowList, AuthzHandle, Gate};
 use crate::clock::{Clock, SystemClock};
 use crate::config::AgentConfig;
 use crate::identity::{
     self, CertificateSource, ControlPlaneClient, DenyList, IdentityHandle, IdentityOptions,
     IdentityTasks, WorkloadState,
 };
+use crate::jwt::JwtValidator;
+use crate::policy::worker::activate;
+use crate::policy::{PolicyHandle, PolicyLoader, PolicyMetrics, PolicySource, WorkerParts};
 use crate::proxy::{self, DataPlane};
 
 /// A started agent: handles to what it publishes, and a way to stop it.
@@ -37,6 +40,9 @@ pub struct RunningAgent {
     identity_tasks: IdentityTasks,
     admin_task: JoinHandle<()>,
     dataplane: DataPlane,
+    policy: PolicyHandle,
+    /// The policy worker and the JWKS refreshers.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl RunningAgent {
@@ -74,6 +80,11 @@ impl RunningAgent {
         self.dataplane.authorizer()
     }
 
+    /// The running policy's status and the policy context (consents, grants).
+    pub fn policy(&self) -> &PolicyHandle {
+        &self.policy
+    }
+
     /// Cancelling this token stops the agent, like [`RunningAgent::shutdown`].
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -86,6 +97,9 @@ impl RunningAgent {
         self.shutdown.cancel();
         self.dataplane.join().await;
         self.identity_tasks.join().await;
+        for t in self.background {
+            let _ = t.await;
+        }
         if let Err(e) = self.admin_task.await
             && e.is_panic()
         {
@@ -102,15 +116,35 @@ pub async fn start(config: AgentConfig, registry: Registry) -> anyhow::Result<Ru
     config.validate()?;
     let bootstrap = config.load_trust_bundle()?;
     let source = ControlPlaneClient::from_config(&config, &bootstrap)?;
-    start_with_source(config, registry, Arc::new(SystemClock), source).await
+    let policy_source = ControlPlaneClient::from_config(&config, &bootstrap)?;
+    start_with_sources(
+        config,
+        registry,
+        Arc::new(SystemClock),
+        source,
+        Some(policy_source),
+    )
+    .await
 }
 
-/// [`start`] with another certificate source and clock (tests, embedding).
+/// [`start`] with another certificate source and clock (tests, embedding); no policy
+/// distribution (the allow-list or a local `[policy] bundle` decides).
 pub async fn start_with_source<S: CertificateSource>(
     config: AgentConfig,
     registry: Registry,
     clock: Arc<dyn Clock>,
     source: S,
+) -> anyhow::Result<RunningAgent> {
+    start_with_sources::<S, ControlPlaneClient>(config, registry, clock, source, None).await
+}
+
+/// The composition root: identity, policy, data plane, admin — in that order.
+pub async fn start_with_sources<S: CertificateSource, P: PolicySource>(
+    config: AgentConfig,
+    registry: Registry,
+    clock: Arc<dyn Clock>,
+    source: S,
+    policy_source: Option<P>,
 ) -> anyhow::Result<RunningAgent> {
     config.validate()?;
     let listener = TcpListener::bind(config.admin_addr)
@@ -135,17 +169,65 @@ pub async fn start_with_source<S: CertificateSource>(
     )
     .context("cannot register identity metrics")?;
 
+    // Until a policy bundle loads, the allow-list decides (empty: default deny).
     let authz = AuthzHandle::new(Arc::new(AllowList::new(config.allow.iter().cloned())));
+    let policy_metrics = PolicyMetrics::new(&registry).context("cannot register policy metrics")?;
+    let static_bundle = config.policy.bundle.is_some();
+    let policy = PolicyHandle::new(if static_bundle {
+        "file"
+    } else {
+        "control-plane"
+    });
+    let loader = Arc::new(PolicyLoader::new(&config.policy).context("invalid [policy] section")?);
+    if let Some(path) = config.policy.bundle.clone() {
+        let l = Arc::clone(&loader);
+        let (engine, sha) = tokio::task::spawn_blocking(move || l.load_file(&path))
+            .await?
+            .context("the local policy bundle does not load")?;
+        activate(
+            &authz,
+            &policy,
+            &policy_metrics,
+            engine,
+            config.policy.mode,
+            &sha,
+        );
+    }
+    let mut background = Vec::new();
+    if let Some(ps) = policy_source {
+        let parts = WorkerParts {
+            identity: identity.clone(),
+            authz: authz.clone(),
+            handle: policy.clone(),
+            loader,
+            metrics: policy_metrics,
+            // A caller-only agent decides nothing: it takes the context, not bundles.
+            static_bundle: static_bundle || config.inbound.is_none(),
+        };
+        background.push(crate::policy::spawn(ps, parts, shutdown.child_token()));
+    }
+    let jwt = match &config.oidc {
+        Some(oidc) => {
+            let v = JwtValidator::new(oidc).context("invalid [oidc] section")?;
+            let tasks = v.spawn_refresh(Arc::clone(&clock), shutdown.child_token());
+            background.push(tokio::spawn(tasks.join()));
+            Some(v)
+        }
+        None => None,
+    };
+
+    let gate = Gate::new(authz, policy.clone(), jwt.clone());
     let dataplane = proxy::spawn(
         listeners,
         identity.clone(),
-        authz,
+        gate,
         &registry,
         Arc::clone(&clock),
         shutdown.child_token(),
     )?;
 
-    let admin_state = AdminState::new(&config, identity.clone(), registry, clock)?;
+    let admin_state = AdminState::new(&config, identity.clone(), registry, clock)?
+        .with_policy(policy.clone(), jwt);
     let admin_task = tokio::spawn(admin::serve(
         listener,
         Arc::new(admin_state),
@@ -164,6 +246,8 @@ pub async fn start_with_source<S: CertificateSource>(
         identity_tasks,
         admin_task,
         dataplane,
+        policy,
+        background,
     })
 }
 

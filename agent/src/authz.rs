@@ -2,9 +2,9 @@
 //! turned into an [`AuthzInput`] shaped like the policy input of DESIGN.md §4, handed to
 //! an [`Authorizer`], and its [`Decision`] is enforced by the proxy.
 //!
-//! Today's authorizer is an [`AllowList`] of SPIFFE IDs (default deny). The policy work
-//! plugs a wasm engine in behind the same trait; [`AuthzHandle`] lets it (or a test)
-//! swap the authorizer while traffic flows: the next request uses the new one.
+//! Two authorizers: an [`AllowList`] of SPIFFE IDs (default deny; the fallback until a
+//! policy bundle loads) and [`WasmAuthorizer`], the Rego policy compiled to wasm.
+//! [`AuthzHandle`] swaps them while traffic flows: the next request uses the new one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -39,7 +39,7 @@ pub struct AuthzInput {
     pub destination: Destination,
     /// `None` for opaque TCP: identity-only authorization.
     pub request: Option<RequestInfo>,
-    /// End-user claims once OIDC validation exists; always `None` for now.
+    /// The validated end user's claims (`{sub, roles, amr, mfa, iss}`), or `None`.
     pub user: Option<serde_json::Value>,
     pub context: Context,
 }
@@ -62,6 +62,8 @@ pub struct RequestInfo {
     pub method: String,
     /// The path without the query string.
     pub path: String,
+    /// The declared route template (`/patients/{patient}/notes`) or `unmatched`.
+    pub route: String,
     /// `http1` or `http2`.
     pub protocol: String,
     /// Allow-listed headers only ([`HEADER_ALLOW_LIST`]), lower-case names.
@@ -71,8 +73,26 @@ pub struct RequestInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Context {
     pub purpose_of_use: Option<String>,
+    /// The caller's break-glass grant valid now (`{grant_id, reason, expires_at}`).
+    pub break_glass: Option<serde_json::Value>,
+    /// The data subject's consent record (`{part2, purposes}`), when the route names a
+    /// subject and the mesh holds a record for it.
+    pub consent: Option<serde_json::Value>,
     /// RFC 3339, UTC.
     pub time: String,
+    /// The risk verdict for the end user (`{flagged, score}`); not flagged without a
+    /// risk engine.
+    pub risk: serde_json::Value,
+}
+
+/// What the agent knows about a request beyond the wire: route, end user, consent and
+/// break-glass. Filled by the inbound proxy from its policy context.
+#[derive(Debug, Clone, Default)]
+pub struct RequestExtras {
+    pub route: Option<String>,
+    pub user: Option<serde_json::Value>,
+    pub break_glass: Option<serde_json::Value>,
+    pub consent: Option<serde_json::Value>,
 }
 
 /// What the proxy enforces. `rule` and `policy_revision` go into the 403 body and the
@@ -83,6 +103,17 @@ pub struct Decision {
     pub rule: String,
     pub reason: String,
     pub policy_revision: String,
+    /// What must happen for an allow to stand (`audit`, `review`).
+    pub obligations: Vec<String>,
+    /// Dry-run mode: a deny is logged and counted, and the request goes through.
+    pub dry_run: bool,
+}
+
+impl Decision {
+    /// Whether the proxy blocks the request.
+    pub fn blocks(&self) -> bool {
+        !self.allow && !self.dry_run
+    }
 }
 
 /// Decides one request. Implementations must be cheap and non-blocking: `decide` runs on
@@ -138,6 +169,8 @@ impl Authorizer for AllowList {
                 rule: RULE_ALLOW_LIST.into(),
                 reason: "source is on the allow-list".into(),
                 policy_revision: self.revision.clone(),
+                obligations: Vec::new(),
+                dry_run: false,
             }
         } else {
             Decision {
@@ -148,6 +181,8 @@ impl Authorizer for AllowList {
                     input.source.spiffe_id
                 ),
                 policy_revision: self.revision.clone(),
+                obligations: Vec::new(),
+                dry_run: false,
             }
         }
     }
@@ -199,12 +234,17 @@ pub fn build_input(
     destination: &SpiffeId,
     port: u16,
     http: Option<HttpFacts<'_>>,
+    extras: RequestExtras,
     now: OffsetDateTime,
 ) -> AuthzInput {
     let purpose_of_use = http.and_then(|h| header_str(h.headers, PURPOSE_OF_USE_HEADER));
     let request = http.map(|h| RequestInfo {
         method: h.method.to_owned(),
         path: h.path.to_owned(),
+        route: extras
+            .route
+            .clone()
+            .unwrap_or_else(|| crate::routes::UNMATCHED.to_owned()),
         protocol: h.protocol.to_owned(),
         headers: HEADER_ALLOW_LIST
             .iter()
@@ -222,10 +262,13 @@ pub fn build_input(
             port,
         },
         request,
-        user: None,
+        user: extras.user,
         context: Context {
             purpose_of_use,
+            break_glass: extras.break_glass,
+            consent: extras.consent,
             time: crate::identity::rfc3339(now),
+            risk: serde_json::json!({"flagged": false, "score": 0.0}),
         },
     }
 }
@@ -240,6 +283,12 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     let s = first.to_str().ok()?.trim();
     (!s.is_empty() && s.len() <= MAX_INPUT_HEADER_LEN).then(|| s.to_owned())
 }
+
+mod gate;
+mod wasm;
+
+pub use gate::{Enriched, Gate};
+pub use wasm::WasmAuthorizer;
 
 #[cfg(test)]
 mod tests;

@@ -114,6 +114,33 @@ pub struct RunArgs {
     /// A SPIFFE ID allowed to call this workload (repeatable; default: nobody).
     #[arg(long = "allow", value_name = "SPIFFE_ID")]
     pub allow: Vec<SpiffeId>,
+
+    /// The app's route templates, comma-separated (`/patients/{patient}/notes,...`); a
+    /// `{patient}` or `{subject}` parameter names the data subject. Added to the file's
+    /// `[[inbound.routes]]` (the injector sets this from `wardmesh.io/routes`).
+    #[arg(long, env = "WARDMESH_ROUTES", value_name = "TEMPLATES")]
+    pub routes: Option<String>,
+
+    /// `fail-closed`: the flag's routes carry PHI, so no access without an audit record
+    /// (the injector sets this from `wardmesh.io/phi: "true"`). Default `fail-open`.
+    #[arg(long, env = "WARDMESH_AUDIT_MODE", value_name = "MODE", value_parser = ["fail-open", "fail-closed"])]
+    pub audit_mode: Option<String>,
+}
+
+/// `--routes` → route configs: the subject is a `{patient}` or `{subject}` parameter.
+fn flag_routes(list: &str, phi: bool) -> Vec<crate::routes::RouteConfig> {
+    list.split([',', '\n'])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| crate::routes::RouteConfig {
+            template: t.to_owned(),
+            subject: ["patient", "subject"]
+                .into_iter()
+                .find(|p| t.contains(&format!("{{{p}}}")))
+                .map(str::to_owned),
+            phi,
+        })
+        .collect()
 }
 
 impl RunArgs {
@@ -127,6 +154,13 @@ impl RunArgs {
             Some(path) => DataPlaneFile::load(path)?,
             None => DataPlaneFile::default(),
         };
+        let phi = self.audit_mode.as_deref() == Some("fail-closed");
+        let mut file = file;
+        if let Some(list) = &self.routes {
+            let inbound = file.inbound.get_or_insert_with(Default::default);
+            inbound.routes.extend(flag_routes(list, phi));
+            inbound.validate()?;
+        }
         let dataplane = file.resolve(DataPlaneOverrides {
             inbound_listen: self.inbound_listen,
             outbound_listen: self.outbound_listen,
@@ -144,6 +178,8 @@ impl RunArgs {
             inbound: Some(dataplane.inbound),
             outbound: Some(dataplane.outbound),
             allow: dataplane.allow,
+            policy: dataplane.policy,
+            oidc: dataplane.oidc,
         };
         config.validate()?;
         Ok(config)
@@ -158,6 +194,15 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("wardmesh-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn route_flag_names_the_subject_and_marks_phi() {
+        let r = flag_routes("/patients/{patient}/notes, /health,", true);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].subject.as_deref(), Some("patient"));
+        assert!(r[0].phi && r[1].phi);
+        assert_eq!(r[1].subject, None);
     }
 
     #[test]

@@ -158,6 +158,10 @@ pub struct AgentConfig {
     /// SPIFFE IDs allowed to call this workload (the allow-list authorizer; empty
     /// denies every caller).
     pub allow: Vec<SpiffeId>,
+    /// The Rego/wasm policy: keys, cache, optional local bundle.
+    pub policy: crate::policy::PolicyConfig,
+    /// OIDC issuers for end-user bearer tokens; `None`: tokens are not examined.
+    pub oidc: Option<crate::jwt::OidcConfig>,
 }
 
 impl AgentConfig {
@@ -179,6 +183,8 @@ impl AgentConfig {
             inbound: None,
             outbound: None,
             allow: Vec::new(),
+            policy: crate::policy::PolicyConfig::default(),
+            oidc: None,
         }
     }
 

@@ -6,7 +6,9 @@
 //! (`/live`, `/ready`, `/metrics`, `/config_dump`).
 //!
 //! The data plane ([`proxy`]) carries the app's traffic: the inbound listener accepts
-//! mesh mTLS from other agents and authorizes every request ([`authz`]) before it
+//! mesh mTLS from other agents and authorizes every request ([`authz`])
+//! with the Rego policy compiled to wasm ([`policy`]), the declared
+//! route templates ([`routes`]) and the end user's validated JWT ([`jwt`]) — before it
 //! reaches the app; the outbound listener takes the app's calls (transparently or as an
 //! HTTP proxy) to the destination's agent, found through [`discovery`].
 //!
@@ -22,9 +24,13 @@ pub mod config;
 pub mod discovery;
 pub mod identity;
 pub mod iptables;
+pub mod jwt;
 pub mod metrics;
 pub mod original_dst;
+pub mod policy;
 pub mod proxy;
+pub mod spool;
+pub mod routes;
 
 #[cfg(test)]
 mod testing;

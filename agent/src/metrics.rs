@@ -195,6 +195,9 @@ pub struct ProxyMetrics {
     inbound_requests: IntCounterVec,
     outbound_requests: IntCounterVec,
     inbound_denies: IntCounterVec,
+    dry_run_denies: IntCounterVec,
+    unauthenticated: IntCounterVec,
+    break_glass_uses: prometheus::IntCounter,
     duration: HistogramVec,
     handshake_errors: IntCounterVec,
     open_connections: IntGaugeVec,
@@ -223,6 +226,24 @@ impl ProxyMetrics {
                     "Inbound requests refused by authorization, by policy rule.",
                 ),
                 &["rule"],
+            )?,
+            dry_run_denies: IntCounterVec::new(
+                Opts::new(
+                    "wardmesh_inbound_dry_run_denies_total",
+                    "Inbound requests a dry-run policy would have refused (they went through), by rule.",
+                ),
+                &["rule"],
+            )?,
+            unauthenticated: IntCounterVec::new(
+                Opts::new(
+                    "wardmesh_inbound_unauthenticated_total",
+                    "Inbound requests refused with 401 for an invalid bearer token, by reason.",
+                ),
+                &["reason"],
+            )?,
+            break_glass_uses: prometheus::IntCounter::new(
+                "wardmesh_inbound_break_glass_uses_total",
+                "Inbound requests allowed while the user held a break-glass grant.",
             )?,
             duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -280,6 +301,9 @@ impl ProxyMetrics {
         registry.register(Box::new(m.inbound_requests.clone()))?;
         registry.register(Box::new(m.outbound_requests.clone()))?;
         registry.register(Box::new(m.inbound_denies.clone()))?;
+        registry.register(Box::new(m.dry_run_denies.clone()))?;
+        registry.register(Box::new(m.unauthenticated.clone()))?;
+        registry.register(Box::new(m.break_glass_uses.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.handshake_errors.clone()))?;
         registry.register(Box::new(m.open_connections.clone()))?;
@@ -309,6 +333,18 @@ impl ProxyMetrics {
 
     pub fn deny(&self, rule: &str) {
         self.inbound_denies.with_label_values(&[rule]).inc();
+    }
+
+    pub fn dry_run_deny(&self, rule: &str) {
+        self.dry_run_denies.with_label_values(&[rule]).inc();
+    }
+
+    pub fn unauthenticated(&self, reason: &str) {
+        self.unauthenticated.with_label_values(&[reason]).inc();
+    }
+
+    pub fn break_glass_use(&self) {
+        self.break_glass_uses.inc();
     }
 
     pub fn handshake_error(&self, dir: Direction, reason: HandshakeFailure) {

@@ -44,7 +44,7 @@ use self::inbound::Inbound;
 use self::outbound::Outbound;
 pub use self::tls::ALPN_TCP;
 use self::tls::TlsCache;
-use crate::authz::AuthzHandle;
+use crate::authz::{AuthzHandle, Gate};
 use crate::clock::Clock;
 use crate::discovery::Discovery;
 use crate::identity::IdentityHandle;
@@ -144,7 +144,7 @@ impl DataPlane {
 pub fn spawn(
     listeners: Listeners,
     identity: IdentityHandle,
-    authz: AuthzHandle,
+    gate: Gate,
     registry: &Registry,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
@@ -154,7 +154,7 @@ pub fn spawn(
     let mut plane = DataPlane {
         inbound_addr: None,
         outbound_addr: None,
-        authz: authz.clone(),
+        authz: gate.authz.clone(),
         tasks: Vec::new(),
     };
     if let Some((listener, cfg)) = listeners.inbound {
@@ -164,7 +164,7 @@ pub fn spawn(
         let inbound = Arc::new(Inbound::new(
             cfg,
             Arc::clone(&tls),
-            authz,
+            gate,
             metrics.clone(),
             clock,
         ));

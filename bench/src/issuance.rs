@@ -137,7 +137,7 @@ fn trust_domain() -> anyhow::Result<TrustDomain> {
 }
 
 /// Initialises a root and intermediate in `ca_dir`, sealed with `seal`.
-fn init_ca(ca_dir: &Path, seal: &SealKey) -> anyhow::Result<CaDir> {
+pub(crate) fn init_ca(ca_dir: &Path, seal: &SealKey) -> anyhow::Result<CaDir> {
     let dir = CaDir::new(ca_dir);
     dir.init(
         &trust_domain()?,

@@ -76,8 +76,21 @@ impl Facts {
     }
 }
 
+/// CPUs of the machine (from `/proc/stat`), not of this process's affinity mask: a
+/// process pinned with `taskset` still measures the whole machine.
 pub fn nproc() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    let n = read("/proc/stat")
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
+    if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 /// `/proc/loadavg` without the last-pid field.
@@ -164,7 +177,21 @@ impl CpuSnapshot {
 
 /// utime + stime of this process (all threads), from `/proc/self/stat`.
 fn process_ticks() -> u64 {
-    let stat = read("/proc/self/stat");
+    stat_ticks(&read("/proc/self/stat"))
+}
+
+/// utime + stime of process `pid` (all threads) in USER_HZ ticks; 0 once it is gone.
+pub fn pid_ticks(pid: u32) -> u64 {
+    stat_ticks(&read(&format!("/proc/{pid}/stat")))
+}
+
+/// Ticks to microseconds of CPU.
+pub fn ticks_to_us(ticks: u64) -> f64 {
+    ticks as f64 / USER_HZ * 1e6
+}
+
+/// utime + stime from the text of a `/proc/<pid>/stat` file.
+fn stat_ticks(stat: &str) -> u64 {
     // The command name may contain spaces; fields are counted after its closing ')'.
     let Some((_, rest)) = stat.rsplit_once(')') else {
         return 0;
@@ -181,7 +208,7 @@ fn process_ticks() -> u64 {
 }
 
 /// (busy, steal, total) jiffies over all CPUs, from the first line of `/proc/stat`.
-fn machine_ticks() -> (u64, u64, u64) {
+pub fn machine_ticks() -> (u64, u64, u64) {
     let stat = read("/proc/stat");
     let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
         return (0, 0, 0);

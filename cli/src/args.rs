@@ -86,6 +86,47 @@ pub enum Command {
     ///   wardctl audit verify
     #[command(subcommand, verbatim_doc_comment)]
     Audit(AuditCommand),
+    /// Rego policies: build OPA bundles, run their tests, sign them, evaluate an input.
+    ///
+    /// Examples:
+    ///   wardctl policy test policies/clinic
+    ///   wardctl policy build policies/clinic --out clinic.tar.gz
+    ///   wardctl policy sign clinic.tar.gz --key clinic-2025.pem
+    #[command(subcommand, verbatim_doc_comment)]
+    Policy(crate::cmd::policy::PolicyCommand),
+    /// Patient consent records by purpose of use (42 CFR Part 2 flags included).
+    ///
+    /// Examples:
+    ///   wardctl consent set --subject p-2001 --purpose TREAT --allow --part2
+    ///   wardctl consent list
+    #[command(subcommand, verbatim_doc_comment)]
+    Consent(crate::cmd::consent::ConsentCommand),
+    /// Break-glass: time-boxed emergency access, audited and queued for review.
+    ///
+    /// Examples:
+    ///   wardctl breakglass grant --user dr-ada --reason "unconscious patient in the ER" --ttl 1h
+    ///   wardctl breakglass list --pending
+    #[command(subcommand, verbatim_doc_comment)]
+    Breakglass(crate::cmd::breakglass::BreakGlassCommand),
+    /// Print the Kubernetes manifests (with this mesh's CA) for `kubectl apply -f -`.
+    ///
+    /// Examples:
+    ///   wardctl install | kubectl apply -f -
+    ///   wardctl install --ha --postgres-url "$PG_URL" | kubectl apply -f -
+    #[command(verbatim_doc_comment)]
+    Install(crate::cmd::install::InstallArgs),
+    /// Add the wardmesh agent to manifests offline (the injector webhook's patch).
+    ///
+    /// Example:
+    ///   wardctl inject -f deployment.yaml | kubectl apply -f -
+    #[command(verbatim_doc_comment)]
+    Inject(crate::cmd::inject::InjectArgs),
+    /// Verify a running installation: control plane, CA expiry, webhook, agents.
+    ///
+    /// Example:
+    ///   wardctl check -o json
+    #[command(verbatim_doc_comment)]
+    Check(crate::cmd::check::CheckArgs),
 }
 
 #[derive(Debug, Args)]

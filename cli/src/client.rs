@@ -101,6 +101,31 @@ impl Client {
             .await
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::PUT, path).json(body))
+            .await
+    }
+
+    /// `POST` of raw bytes (a policy bundle) with a query string.
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<T> {
+        let req = self
+            .req(reqwest::Method::POST, path)
+            .query(query)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        self.send(req).await
+    }
+
     pub async fn delete<T: DeserializeOwned>(
         &self,
         path: &str,

@@ -1,8 +1,14 @@
 //! One module per command family; each function does one command.
 
 mod audit;
+pub mod breakglass;
 mod ca;
+pub mod check;
+pub mod consent;
 mod identity;
+pub mod inject;
+pub mod install;
+pub mod policy;
 mod token;
 mod up;
 
@@ -17,5 +23,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identity(c) => identity::run(g, c).await,
         Command::Agents => identity::agents(g).await,
         Command::Audit(c) => audit::run(g, c).await,
+        Command::Policy(c) => policy::run(g, c).await,
+        Command::Consent(c) => consent::run(g, c).await,
+        Command::Breakglass(c) => breakglass::run(g, c).await,
+        Command::Install(a) => install::run(g, a),
+        Command::Inject(a) => inject::run(g, a),
+        Command::Check(a) => check::run(g, a).await,
     }
 }

@@ -54,6 +54,9 @@ fn every_command_has_help_with_an_example() {
         &["audit", "log"],
         &["audit", "verify"],
         &["agents"],
+        &["install"],
+        &["inject"],
+        &["check"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();
@@ -97,7 +100,7 @@ fn up_once_runs_the_demo_mesh_with_real_traffic() {
     assert_eq!(tally("clinic/frontend"), ["5", "0", "0"], "{out}");
     assert_eq!(tally("billing/api"), ["0", "5", "0"], "{out}");
     assert!(
-        out.contains("403 denied (rule default-deny, policy allowlist-"),
+        out.contains("403 denied (rule default-deny, policy clinic-"),
         "{out}"
     );
     // The store, the sealed CA and the operator token persist in the home directory.

@@ -33,6 +33,7 @@ pub struct ApiState {
     pub identity: IdentityService,
     pub operator: OperatorService,
     pub audit: AuditLog,
+    pub policy: crate::policy::PolicyService,
     pub registry: Arc<prometheus::Registry>,
 }
 
@@ -108,6 +109,7 @@ pub fn router(state: ApiState) -> Router {
             get(crate::audit::api::checkpoints),
         )
         .route(paths::AUDIT_KEY, get(crate::audit::api::key))
+        .merge(crate::policy::operator_routes())
         .route_layer(from_fn_with_state(
             state.clone(),
             crate::audit::api::record_operator_call,
@@ -116,6 +118,8 @@ pub fn router(state: ApiState) -> Router {
         .route(paths::ATTEST, post(attest))
         .route(paths::RENEW, post(renew))
         .route(paths::AGENT_SYNC, post(sync))
+        .route(paths::FLOWS, crate::flows::api::routes(state.clone()))
+        .merge(crate::policy::agent_routes())
         .merge(operator)
         .route(paths::LIVE, get(|| async { "live\n" }))
         .route(paths::READY, get(|| async { "ready\n" }))

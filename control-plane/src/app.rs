@@ -20,6 +20,8 @@ use crate::config::ControlPlaneConfig;
 use crate::identity::{Clock, IdentityService, system_clock};
 use crate::metrics::Metrics;
 use crate::operator::{DenyListPublisher, OperatorService, bootstrap_admin_token};
+use crate::policy::{ContextPublisher, PolicyService, load_pseudonym_key};
+use crate::tokenreview::{SaAttestor, TokenReviewer};
 
 /// File (in the state dir) holding the bootstrap security-admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -28,10 +30,13 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 #[derive(Debug)]
 pub struct RunningControlPlane {
     pub addr: SocketAddr,
+    /// The injector webhook's address, when it is enabled.
+    pub webhook_addr: Option<SocketAddr>,
     pub ca: Arc<CaManager>,
     pub store: Store,
     pub operator: OperatorService,
     pub audit: AuditLog,
+    pub policy: PolicyService,
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
     server: JoinHandle<()>,
@@ -77,6 +82,7 @@ pub async fn start_with_clock(
     let seal =
         SealKey::from_env_or_file(&config.seal_key_file).context("loading the CA sealing key")?;
     let audit_seal = seal.clone();
+    let policy_seal = seal.clone();
     let dir = CaDir::new(&config.ca_dir);
     let ca = Arc::new(
         CaManager::load(
@@ -94,17 +100,23 @@ pub async fn start_with_clock(
         .context("loading the audit signing key")?;
     tracing::info!(key_id = %audit_signer.public().key_id(), public_key = %audit_signer.public().to_text(), "audit checkpoints are signed with this key");
     let audit = AuditLog::new(store.clone(), Arc::new(audit_signer), clock.clone());
-    let sa_verifier = match &config.k8s {
-        Some(k) => {
+    let td = ca.current().trust_domain().clone();
+    let sa_verifier = match (&config.k8s, &config.token_review) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("configure either a Kubernetes JWKS or TokenReview attestation, not both")
+        }
+        (Some(k), None) => {
             let jwks = std::fs::read_to_string(&k.jwks_file)
                 .with_context(|| format!("reading {}", k.jwks_file.display()))?;
-            let td = ca.current().trust_domain().clone();
-            Some(Arc::new(
+            Some(Arc::new(SaAttestor::Jwks(Arc::new(
                 SaTokenVerifier::new(&k.issuer, &jwks, td)
                     .context("loading the Kubernetes JWKS")?,
-            ))
+            ))))
         }
-        None => None,
+        (None, Some(r)) => Some(Arc::new(SaAttestor::TokenReview(
+            TokenReviewer::new(r, td).context("setting up Kubernetes TokenReview")?,
+        ))),
+        (None, None) => None,
     };
     write_bootstrap_token(&store, &config.state_dir, clock()).await?;
     let deny = DenyListPublisher::load(&store, metrics.clone())
@@ -125,10 +137,12 @@ pub async fn start_with_clock(
         deny: deny.clone(),
         clock: clock.clone(),
     };
+    let policy = load_policy_service(config, &store, &policy_seal, clock.clone()).await?;
     let state = ApiState {
         identity,
         operator: operator.clone(),
         audit: audit.clone(),
+        policy: policy.clone(),
         registry,
     };
 
@@ -139,15 +153,38 @@ pub async fn start_with_clock(
         )
     })?;
     let addr = listener.local_addr()?;
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(ca.clone().poll(config.ca_poll_interval, clock.clone())),
         tokio::spawn(deny.poll(store.clone(), config.ca_poll_interval)),
+        tokio::spawn(policy.context.clone().poll(
+            store.clone(),
+            config.ca_poll_interval,
+            clock.clone(),
+        )),
         tokio::spawn(
             audit
                 .clone()
                 .run_checkpoints(config.audit_checkpoint_interval),
         ),
     ];
+    let webhook_addr = match &config.injector {
+        Some(inj) => {
+            let l = TcpListener::bind(inj.listen)
+                .await
+                .with_context(|| format!("binding the injector webhook on {}", inj.listen))?;
+            let a = l.local_addr()?;
+            // Aborted with the other tasks on shutdown: reviews are short and stateless.
+            tasks.push(tokio::spawn(crate::injector::serve(
+                l,
+                ca.clone(),
+                inj.clone(),
+                std::future::pending(),
+            )));
+            tracing::info!(addr = %a, "injector webhook listening");
+            Some(a)
+        }
+        None => None,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::serve(
         listener,
@@ -160,10 +197,12 @@ pub async fn start_with_clock(
     tracing::info!(%addr, store = store.backend_name(), trust_domain = %ca.current().trust_domain(), "control plane listening");
     Ok(RunningControlPlane {
         addr,
+        webhook_addr,
         ca,
         store,
         operator,
         audit,
+        policy,
         stop: Some(stop),
         tasks,
         server,
@@ -183,4 +222,35 @@ async fn write_bootstrap_token(
         tracing::info!(path = %path.display(), "wrote the bootstrap security-admin token");
     }
     Ok(())
+}
+
+/// The policy service: verification keys from the config, the mesh pseudonym key from
+/// the store (created on first start), and the agents' context.
+async fn load_policy_service(
+    config: &ControlPlaneConfig,
+    store: &Store,
+    seal: &SealKey,
+    clock: Clock,
+) -> anyhow::Result<PolicyService> {
+    let mut keys = Vec::new();
+    for k in &config.policy_keys {
+        let pem = std::fs::read_to_string(&k.file)
+            .with_context(|| format!("reading policy key {}", k.file.display()))?;
+        keys.push(
+            wardmesh_policy::VerifyingKey::from_spki_pem(&pem, &k.key_id)
+                .with_context(|| format!("loading policy key {}", k.file.display()))?,
+        );
+    }
+    let pseudonym_key = load_pseudonym_key(store, seal, clock())
+        .await
+        .context("loading the subject pseudonym key")?;
+    let context = ContextPublisher::load(store, pseudonym_key, clock())
+        .await
+        .context("loading the policy context")?;
+    Ok(PolicyService {
+        store: store.clone(),
+        clock,
+        keys: Arc::new(keys),
+        context,
+    })
 }

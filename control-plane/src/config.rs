@@ -36,6 +36,37 @@ pub struct ControlPlaneConfig {
     /// Host names and IPs in the serving certificate besides the SPIFFE ID.
     pub server_names: Vec<String>,
     pub k8s: Option<K8sAttestation>,
+    /// SA-token attestation through the API server's TokenReview (instead of `k8s`).
+    pub token_review: Option<crate::tokenreview::TokenReviewConfig>,
+    /// The sidecar injector webhook (its own TLS listener); off unless configured.
+    pub injector: Option<crate::injector::InjectorConfig>,
+    /// Public keys a pushed policy bundle's signature must verify with (none: pushes
+    /// are refused).
+    pub policy_keys: Vec<PolicyKey>,
+}
+
+/// A policy verification key: the `kid` bundles name and a SubjectPublicKeyInfo PEM file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyKey {
+    pub key_id: String,
+    pub file: PathBuf,
+}
+
+impl std::str::FromStr for PolicyKey {
+    type Err = String;
+
+    /// `<key-id>=<pem file>`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((id, file)) if !id.trim().is_empty() && !file.trim().is_empty() => Ok(Self {
+                key_id: id.trim().to_owned(),
+                file: PathBuf::from(file.trim()),
+            }),
+            _ => Err(format!(
+                "policy key {s:?} must be <key-id>=<public key PEM file>, e.g. clinic-2025=/etc/wardmesh/policy.pub.pem"
+            )),
+        }
+    }
 }
 
 impl ControlPlaneConfig {
@@ -52,6 +83,9 @@ impl ControlPlaneConfig {
             audit_checkpoint_interval: Duration::from_secs(60),
             server_names: default_server_names(),
             k8s: None,
+            token_review: None,
+            injector: None,
+            policy_keys: Vec::new(),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::StatusCode;
 use time::OffsetDateTime;
 use wardmesh_identity::SpiffeId;
-use wardmesh_identity::attest::{SaTokenVerifier, hash_secret, looks_like_join_token};
+use wardmesh_identity::attest::{hash_secret, looks_like_join_token};
 use wardmesh_identity::ca::{IssueError, IssuedSvid};
 use wardmesh_proto::identity::{AttestRequest, Attestation, RenewRequest, SvidResponse};
 use wardmesh_store::{CommitOutcome, ConsumeOutcome, Event, Issuance, IssuanceCommit, Store};
@@ -18,6 +18,7 @@ use wardmesh_store::{CommitOutcome, ConsumeOutcome, Event, Issuance, IssuanceCom
 use crate::ca_state::{CaManager, CaSnapshot};
 use crate::error::ApiFailure;
 use crate::metrics::Metrics;
+use crate::tokenreview::SaAttestor;
 
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
@@ -29,7 +30,7 @@ pub fn system_clock() -> Clock {
 pub struct IdentityService {
     pub store: Store,
     pub ca: Arc<CaManager>,
-    pub sa_verifier: Option<Arc<SaTokenVerifier>>,
+    pub sa_verifier: Option<Arc<SaAttestor>>,
     pub leaf_ttl: Duration,
     pub metrics: Metrics,
     pub clock: Clock,
@@ -158,9 +159,7 @@ impl IdentityService {
                 "this control plane has no Kubernetes issuer configured (--k8s-issuer, --k8s-jwks-file)",
             )
         })?;
-        let id = verifier
-            .verify(token)
-            .map_err(|e| attestation_failed(e.to_string()))?;
+        let id = verifier.verify(token).await.map_err(attestation_failed)?;
         self.refuse_quarantined(&id, "k8s_sa_token").await?;
         let snap = self.ca.current();
         let issued = self.sign(&snap, csr, &id)?;

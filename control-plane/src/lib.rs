@@ -12,10 +12,14 @@ pub mod audit;
 pub mod ca_state;
 pub mod config;
 pub mod error;
+pub mod flows;
 pub mod identity;
+pub mod injector;
 pub mod metrics;
 pub mod operator;
+pub mod policy;
 pub mod server;
+pub mod tokenreview;
 
 pub use app::{RunningControlPlane, start};
 pub use config::ControlPlaneConfig;

@@ -7,11 +7,16 @@ use std::time::Duration;
 
 use clap::Parser;
 use wardmesh_control_plane::config::{ControlPlaneConfig, K8sAttestation, default_server_names};
+use wardmesh_control_plane::injector::InjectorConfig;
+use wardmesh_control_plane::tokenreview::TokenReviewConfig;
 
 /// The wardmesh control plane: CA, attestation, identity issuance and the operator API.
 ///
 /// Example:
 ///   wardmesh-control-plane --home /var/lib/wardmesh --listen 0.0.0.0:7443
+///
+/// In Kubernetes (deploy/): TokenReview attestation and the injector webhook:
+///   wardmesh-control-plane --k8s-token-review --webhook-listen 0.0.0.0:7444
 #[derive(Debug, Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
@@ -45,6 +50,23 @@ struct Args {
     /// The issuer's JWKS (saved from the API server's /openid/v1/jwks).
     #[arg(long, requires = "k8s_issuer")]
     k8s_jwks_file: Option<PathBuf>,
+    /// Verify agents' service-account tokens with the API server's TokenReview, using
+    /// this pod's own service account (in-cluster; see deploy/).
+    #[arg(long, conflicts_with = "k8s_issuer")]
+    k8s_token_review: bool,
+    /// Serve the sidecar injector webhook on this address (TLS; off unless set).
+    #[arg(long)]
+    webhook_listen: Option<SocketAddr>,
+    /// Agent image the injector adds to pods.
+    #[arg(long, default_value = wardmesh_control_plane::injector::DEFAULT_AGENT_IMAGE)]
+    agent_image: String,
+    /// Control-plane URL injected agents connect to.
+    #[arg(long, default_value = wardmesh_control_plane::injector::DEFAULT_CONTROL_PLANE_URL)]
+    agent_control_plane_url: String,
+    /// Policy bundle verification key, `<key-id>=<public key PEM>` (repeatable); without
+    /// one, `wardctl policy push` is refused.
+    #[arg(long = "policy-public-key", value_name = "KEY_ID=FILE")]
+    policy_keys: Vec<wardmesh_control_plane::config::PolicyKey>,
 }
 
 #[tokio::main]
@@ -77,6 +99,16 @@ async fn main() -> anyhow::Result<()> {
     cfg.server_names.extend(a.server_names);
     if let (Some(issuer), Some(jwks_file)) = (a.k8s_issuer, a.k8s_jwks_file) {
         cfg.k8s = Some(K8sAttestation { issuer, jwks_file });
+    }
+    cfg.policy_keys = a.policy_keys;
+    if a.k8s_token_review {
+        cfg.token_review = Some(TokenReviewConfig::in_cluster()?);
+    }
+    if let Some(listen) = a.webhook_listen {
+        let mut inj = InjectorConfig::new(listen);
+        inj.agent_image = a.agent_image;
+        inj.control_plane_url = a.agent_control_plane_url;
+        cfg.injector = Some(inj);
     }
     let registry = Arc::new(prometheus::Registry::new());
     let cp = wardmesh_control_plane::start(&cfg, registry).await?;

@@ -16,6 +16,7 @@ fn input(source: &str) -> AuthzInput {
         &id(B),
         8080,
         None,
+        RequestExtras::default(),
         datetime!(2026-01-02 03:04:05 UTC),
     )
 }
@@ -75,6 +76,7 @@ fn input_carries_identity_request_and_only_allow_listed_headers() {
         &id(B),
         8080,
         Some(facts),
+        RequestExtras::default(),
         datetime!(2026-01-02 03:04:05 UTC),
     );
     assert_eq!(i.source.namespace.as_deref(), Some("clinic"));
@@ -111,6 +113,7 @@ fn ambiguous_or_oversized_headers_are_left_out() {
         &id(B),
         1,
         Some(facts),
+        RequestExtras::default(),
         datetime!(2026-01-02 0:00 UTC),
     );
     assert_eq!(i.context.purpose_of_use, None);

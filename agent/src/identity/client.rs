@@ -77,7 +77,7 @@ impl ControlPlaneClient {
         self
     }
 
-    fn client_for(&self, state: &WorkloadState) -> Result<reqwest::Client, SourceError> {
+    pub(crate) fn client_for(&self, state: &WorkloadState) -> Result<reqwest::Client, SourceError> {
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cached.as_ref()
             && c.serial == state.serial_hex()
@@ -94,7 +94,7 @@ impl ControlPlaneClient {
         Ok(client)
     }
 
-    async fn post<Req: Serialize, Resp: DeserializeOwned>(
+    pub(crate) async fn post<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         client: &reqwest::Client,
         path: &str,
@@ -121,6 +121,36 @@ impl ControlPlaneClient {
             .await
             .map_err(|e| transport_error(&e, timeout))?;
         Err(rejected(status.as_u16(), &bytes))
+    }
+}
+
+impl ControlPlaneClient {
+    /// A `GET` whose answer is raw bytes (a policy bundle).
+    pub(crate) async fn get_bytes(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        query: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, SourceError> {
+        let url = format!("{}{}", self.base, path);
+        let resp = client
+            .get(&url)
+            .query(query)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, timeout))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&e, timeout))?;
+        if status.is_success() {
+            Ok(bytes.to_vec())
+        } else {
+            Err(rejected(status.as_u16(), &bytes))
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub enum DataPlaneConfigError {
     Services(#[from] DiscoveryError),
     #[error("inbound.app {0} is the inbound listener itself; point it at the application")]
     AppLoop(SocketAddr),
+    #[error("inbound.routes: {0}")]
+    Routes(#[from] crate::routes::RouteError),
 }
 
 /// The inbound (mesh-facing) listener.
@@ -59,6 +61,9 @@ pub struct InboundConfig {
     pub upstream_timeout_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout_ms: u64,
+    /// The application's routes (`[[inbound.routes]]`): templates for policy input,
+    /// metrics and flow records, and which parameter names the patient.
+    pub routes: Vec<crate::routes::RouteConfig>,
 }
 
 impl Default for InboundConfig {
@@ -72,6 +77,7 @@ impl Default for InboundConfig {
             max_header_bytes: 16 * 1024,
             upstream_timeout_ms: 30_000,
             drain_timeout_ms: 10_000,
+            routes: Vec::new(),
         }
     }
 }
@@ -139,6 +145,7 @@ impl InboundConfig {
         if self.app == Some(self.listen) {
             return Err(DataPlaneConfigError::AppLoop(self.listen));
         }
+        crate::routes::RouteTable::new(&self.routes)?;
         Ok(())
     }
 }
@@ -205,6 +212,10 @@ pub struct DataPlaneFile {
     pub allow: Vec<SpiffeId>,
     pub inbound: Option<InboundConfig>,
     pub outbound: Option<OutboundConfig>,
+    /// `[policy]`: verification keys, module cache, optional local bundle.
+    pub policy: crate::policy::PolicyConfig,
+    /// `[oidc]`: issuers whose bearer tokens identify end users.
+    pub oidc: Option<crate::jwt::OidcConfig>,
 }
 
 impl DataPlaneFile {
@@ -250,6 +261,8 @@ pub struct EffectiveDataPlane {
     pub inbound: InboundConfig,
     pub outbound: OutboundConfig,
     pub allow: Vec<SpiffeId>,
+    pub policy: crate::policy::PolicyConfig,
+    pub oidc: Option<crate::jwt::OidcConfig>,
 }
 
 impl DataPlaneFile {
@@ -275,6 +288,8 @@ impl DataPlaneFile {
             inbound,
             outbound,
             allow,
+            policy: self.policy,
+            oidc: self.oidc,
         }
     }
 }

@@ -251,6 +251,34 @@ pub(crate) fn failure_status(outcome: Outcome) -> (StatusCode, &'static str) {
     }
 }
 
+/// The 401 for an invalid bearer token: the reason code and sentence, never the token.
+pub(crate) fn unauthorized_response(
+    err: &crate::jwt::JwtError,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let mut resp = json_response(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        &json!({
+            "error": "unauthorized",
+            "reason": err.reason(),
+            "message": err.to_string(),
+            "request_id": request_id,
+        }),
+    );
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+        err.reason()
+    );
+    if let Ok(v) = HeaderValue::try_from(challenge) {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    if let Ok(v) = HeaderValue::try_from(request_id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
 /// A JSON error answer for `outcome` with a one-line reason.
 pub(crate) fn failure_response(
     outcome: Outcome,

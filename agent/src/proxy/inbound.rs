@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use wardmesh_identity::SpiffeId;
 use wardmesh_identity::svid::inspect_leaf;
 
@@ -33,9 +33,10 @@ use super::http::{self as h, ProxyBody};
 use super::lifecycle::{self, Limits, Stops};
 use super::tcp;
 use super::tls::{ALPN_H2, ALPN_TCP, TlsCache, classify_io};
-use crate::authz::{self, AuthzHandle, HttpFacts};
+use crate::authz::{self, Gate, HttpFacts, RequestExtras};
 use crate::clock::Clock;
 use crate::metrics::{Direction, HandshakeFailure, Outcome, Protocol, ProxyMetrics};
+use crate::routes::RouteTable;
 
 const DIR: Direction = Direction::Inbound;
 
@@ -43,7 +44,8 @@ const DIR: Direction = Direction::Inbound;
 pub(crate) struct Inbound {
     pub(crate) cfg: InboundConfig,
     pub(crate) tls: Arc<TlsCache>,
-    pub(crate) authz: AuthzHandle,
+    pub(crate) gate: Gate,
+    pub(crate) routes: RouteTable,
     pub(crate) metrics: ProxyMetrics,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) app_client: Client<HttpConnector, Incoming>,
@@ -90,10 +92,12 @@ impl Inbound {
     pub(crate) fn new(
         cfg: InboundConfig,
         tls: Arc<TlsCache>,
-        authz: AuthzHandle,
+        gate: Gate,
         metrics: ProxyMetrics,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        // Validated with the config: a table that does not compile was refused there.
+        let routes = RouteTable::new(&cfg.routes).unwrap_or_default();
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.upstream_timeout()));
         connector.set_nodelay(true);
@@ -114,7 +118,8 @@ impl Inbound {
         Self {
             cfg,
             tls,
-            authz,
+            gate,
+            routes,
             metrics,
             clock,
             app_client,
@@ -311,19 +316,52 @@ impl Inbound {
                 protocol: protocol.as_str(),
                 headers: &parts.headers,
             };
-            let input = authz::build_input(id, local, peer.port, Some(facts), self.clock.now());
-            let decision = self.authz.decide(&input);
+            let now = self.clock.now();
+            let enriched =
+                match self
+                    .gate
+                    .enrich(&self.routes, parts.uri.path(), &parts.headers, now)
+                {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.metrics.unauthenticated(e.reason());
+                        info!(peer = %id, reason = e.reason(), request_id, "bearer token refused");
+                        return finish(h::unauthorized_response(&e, &request_id), Outcome::Denied);
+                    }
+                };
+            let input = authz::build_input(
+                id,
+                local,
+                peer.port,
+                Some(facts),
+                enriched.extras.clone(),
+                now,
+            );
+            let decision = self.gate.authz.decide(&input);
             if !decision.allow {
                 self.metrics.deny(&decision.rule);
                 info!(
                     peer = %id,
                     method = %parts.method,
+                    route = %enriched.route,
                     rule = %decision.rule,
                     policy_revision = %decision.policy_revision,
+                    dry_run = decision.dry_run,
                     request_id,
                     "request denied"
                 );
-                return finish(h::deny_response(&decision, &request_id), Outcome::Denied);
+                if decision.blocks() {
+                    return finish(h::deny_response(&decision, &request_id), Outcome::Denied);
+                }
+                self.metrics.dry_run_deny(&decision.rule);
+            }
+            if let Some(grant) = enriched
+                .break_glass_grant
+                .as_deref()
+                .filter(|_| decision.allow)
+            {
+                self.metrics.break_glass_use();
+                warn!(peer = %id, route = %enriched.route, grant_id = grant, rule = %decision.rule, request_id, "break-glass access");
             }
         }
         let Some(app) = peer.app else {
@@ -386,9 +424,16 @@ impl Inbound {
                 .request(DIR, Protocol::Tcp, o, started.elapsed())
         };
         if let (Some(id), Some(local)) = (&peer.id, &peer.local) {
-            let input = authz::build_input(id, local, peer.port, None, self.clock.now());
-            let decision = self.authz.decide(&input);
-            if !decision.allow {
+            let input = authz::build_input(
+                id,
+                local,
+                peer.port,
+                None,
+                RequestExtras::default(),
+                self.clock.now(),
+            );
+            let decision = self.gate.authz.decide(&input);
+            if decision.blocks() {
                 self.metrics.deny(&decision.rule);
                 info!(peer = %id, rule = %decision.rule, policy_revision = %decision.policy_revision, "tcp connection denied");
                 return record(Outcome::Denied);

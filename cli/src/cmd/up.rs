@@ -1,10 +1,12 @@
 //! `wardctl up`: a whole mesh in one process on loopback — the embedded control plane
 //! (SQLite in <home>), a demo app behind its agent and two callers behind theirs, each
 //! agent attesting with a join token and keeping its identity renewed, and real traffic
-//! between them over mTLS (one caller allowed, one denied). `--once` sends a bounded
+//! between them over mTLS, decided by the clinic Rego policy (signed, pushed, compiled
+//! to wasm) with end users' JWTs: the clinician's calls are allowed, billing's denied. `--once` sends a bounded
 //! batch, prints what happened and stops.
 
 mod demo;
+mod policy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use wardmesh_control_plane::operator::Operator;
 use wardmesh_identity::ca::{CaDir, CaLifetimes};
 use wardmesh_identity::{SpiffeId, TrustDomain};
 use wardmesh_proto::operator::{CreateJoinTokenRequest, Role};
+use wardmesh_proto::policy::PolicyMode;
 
 use super::ca::load_or_create_seal;
 use crate::args::{Global, UpArgs};
@@ -30,6 +33,8 @@ const NOTES: (&str, &str) = ("clinic", "notes-api");
 const FRONTEND: (&str, &str) = ("clinic", "frontend");
 const BILLING: (&str, &str) = ("billing", "api");
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Compiling the policy to native code the first time takes seconds.
+const POLICY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests each caller sends with `--once`.
 const ONCE_REQUESTS: u32 = 5;
 
@@ -55,8 +60,10 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         );
     }
 
+    let demo_policy = policy::DemoPolicy::prepare(home).context("preparing the demo policy")?;
     let mut cfg = ControlPlaneConfig::local(home, a.listen);
     cfg.leaf_ttl = Duration::from_secs(a.leaf_ttl_seconds);
+    cfg.policy_keys = vec![demo_policy.cp_key()];
     let registry = Arc::new(prometheus::Registry::new());
     let cp = wardmesh_control_plane::start(&cfg, registry)
         .await
@@ -79,6 +86,19 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         admin_port: a.admin_port,
     };
 
+    let (revision, bundle) = demo_policy.bundle().context("building the clinic policy")?;
+    let op = Operator {
+        name: "wardctl-up".into(),
+        role: Role::SecurityAdmin,
+    };
+    cp.policy
+        .push(&op, &bundle, PolicyMode::Enforce)
+        .await
+        .map_err(|e| anyhow::anyhow!("pushing the clinic policy: {e}"))?;
+    println!(
+        "policy         {revision} (policies/clinic, signed, pushed; agents verify and compile it)"
+    );
+
     let app = demo::start_notes_api().await?;
     println!("demo app       notes-api on {app} (plain HTTP, knows nothing of the mesh)");
     let mut notes_cfg = mesh.agent_config(0, id_of(NOTES)?).await?;
@@ -87,7 +107,9 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         app: Some(app),
         ..InboundConfig::default()
     });
-    notes_cfg.allow = vec![id_of(FRONTEND)?];
+    notes_cfg.inbound.as_mut().context("inbound")?.routes = demo::routes();
+    notes_cfg.policy = demo_policy.agent_config();
+    notes_cfg.oidc = Some(demo_policy.oidc());
     let notes = start_agent("clinic/notes-api", notes_cfg).await?;
     let inbound = notes
         .inbound_addr()
@@ -127,9 +149,26 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
     }
     eprintln!();
     print_identities(&agents);
+    eprint!("waiting for notes-api to run policy {revision}");
+    let deadline = tokio::time::Instant::now() + POLICY_TIMEOUT;
+    loop {
+        let st = agents[0].1.policy().status();
+        if st.revision.as_deref() == Some(revision.as_str()) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "notes-api did not activate policy {revision} within {}s: {}",
+                POLICY_TIMEOUT.as_secs(),
+                st.last_error.unwrap_or_else(|| "no error reported".into())
+            );
+        }
+        eprint!(".");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!();
     println!(
-        "policy: notes-api allows {} only (allow-list; Rego policies replace it)",
-        id_of(FRONTEND)?
+        "users: clinic/frontend calls as dr-ada (clinician, MFA) for TREAT; billing/api as bill-bo (billing) for HPAYMT"
     );
 
     let callers: Vec<(String, reqwest::Client)> = agents[1..]
@@ -138,7 +177,18 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
             let out = agent
                 .outbound_addr()
                 .context("caller agent has no outbound listener")?;
-            Ok((name.clone(), demo::client_via(out)?))
+            let (token, purpose) = if name.starts_with("clinic/") {
+                (
+                    demo_policy.token("dr-ada", &["clinician"], &["pwd", "otp"])?,
+                    "TREAT",
+                )
+            } else {
+                (
+                    demo_policy.token("bill-bo", &["billing"], &["pwd"])?,
+                    "HPAYMT",
+                )
+            };
+            Ok((name.clone(), demo::client_via(out, &token, purpose)?))
         })
         .collect::<anyhow::Result<_>>()?;
     let mut tallies = vec![demo::Tally::default(); callers.len()];

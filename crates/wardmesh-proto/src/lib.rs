@@ -4,8 +4,10 @@
 //! error, not a silently ignored setting.
 
 pub mod audit;
+pub mod flow;
 pub mod identity;
 pub mod operator;
+pub mod policy;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,19 @@ pub mod paths {
     pub const AUDIT_ENTRIES: &str = "/v1/audit/entries";
     pub const AUDIT_CHECKPOINTS: &str = "/v1/audit/checkpoints";
     pub const AUDIT_KEY: &str = "/v1/audit/key";
+    /// Agents `POST` flow record batches; operators `GET` them (viewer).
+    pub const FLOWS: &str = "/v1/flows";
+    /// Operators `GET` the policy status (viewer) and `POST` a signed bundle
+    /// (security-admin; body: the `.tar.gz`, `?mode=enforce|dry-run`).
+    pub const POLICY: &str = "/v1/policy";
+    pub const POLICY_ACTIVATE: &str = "/v1/policy/activate";
+    /// Agents fetch a bundle: `GET ...?revision=R` (octet-stream).
+    pub const AGENT_POLICY_BUNDLE: &str = "/v1/agent/policy/bundle";
+    /// Agents long-poll the policy context ([`crate::policy::AgentPolicyContext`]).
+    pub const AGENT_POLICY_CONTEXT: &str = "/v1/agent/policy/context";
+    pub const CONSENTS: &str = "/v1/consents";
+    pub const BREAKGLASS: &str = "/v1/breakglass";
+    pub const BREAKGLASS_REVIEW: &str = "/v1/breakglass/{grant_id}/review";
     pub const LIVE: &str = "/live";
     pub const READY: &str = "/ready";
     pub const METRICS: &str = "/metrics";

@@ -16,7 +16,9 @@
 mod audit_sql;
 pub mod chain;
 mod error;
+mod flows;
 mod location;
+pub mod objects;
 mod postgres;
 mod schema;
 mod sqlite;
@@ -30,7 +32,9 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 pub use error::StoreError;
+pub use flows::{FlowAudit, FlowQuery, IdFilter, IngestOutcome, IngestRate, ingest_benchmark};
 pub use location::redact_url;
+pub use objects::{ObjectChange, ObjectChangeOutcome, ObjectWrite, StoredObject};
 pub use schema::SCHEMA_VERSION;
 pub use types::{
     AgentStatus, AuditAnchor, AuditEntry, AuditQuery, ChainHead, Checkpoint, CommitOutcome,
@@ -286,6 +290,80 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<PruneOutcome, StoreError> {
         dispatch!(self.prune_audit(checkpoint_id, now))
+    }
+
+    // ---- configuration objects ------------------------------------------------------
+
+    /// Commits `change` in one transaction: every write, the generation bump of every kind
+    /// it touches, and its audit entry, or none of them. [`StoreError::Conflict`] if a
+    /// `Create` names an existing object; [`StoreError::Rejected`] for an oversized value
+    /// or blob (checked before anything is written).
+    pub async fn change_objects(
+        &self,
+        change: &ObjectChange,
+    ) -> Result<ObjectChangeOutcome, StoreError> {
+        for write in &change.writes {
+            write.check_size()?;
+        }
+        dispatch!(self.change_objects(change))
+    }
+
+    /// One object with its blob, if it exists.
+    pub async fn get_object(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<StoredObject>, StoreError> {
+        dispatch!(self.get_object(kind, name))
+    }
+
+    /// Every object of `kind`, sorted by name, without blobs.
+    pub async fn list_objects(&self, kind: &str) -> Result<Vec<StoredObject>, StoreError> {
+        dispatch!(self.list_objects(kind))
+    }
+
+    /// The generation of `kind`: 0 until its first write, then +1 per committed change
+    /// that touches it.
+    pub async fn object_generation(&self, kind: &str) -> Result<i64, StoreError> {
+        dispatch!(self.object_generation(kind))
+    }
+
+    // ---- flow telemetry ---------------------------------------------------------------
+
+    /// Stores a batch of flow records in one transaction. Idempotent by record id: a
+    /// record whose id is already stored (or repeats within the batch) is counted as a
+    /// duplicate and left as it was. Callers validate records first
+    /// ([`FlowRecord::validate`](wardmesh_proto::flow::FlowRecord::validate)).
+    pub async fn ingest_flows(
+        &self,
+        records: &[wardmesh_proto::flow::FlowRecord],
+    ) -> Result<IngestOutcome, StoreError> {
+        dispatch!(self.ingest_flows(records, &[]))
+    }
+
+    /// [`Store::ingest_flows`] plus, in the same transaction, the audit events of the
+    /// records it inserted (chained like [`Store::append_events`], in batch order). An
+    /// event whose record is a duplicate is not appended: it was when the record was new.
+    pub async fn ingest_flows_audited(
+        &self,
+        records: &[wardmesh_proto::flow::FlowRecord],
+        audit: &[FlowAudit],
+    ) -> Result<IngestOutcome, StoreError> {
+        dispatch!(self.ingest_flows(records, audit))
+    }
+
+    /// Flows matching `q`, ascending by ingest seq. Seqs commit in order (on every
+    /// replica), so paging or following with `after = <last seq seen>` never skips one.
+    pub async fn query_flows(
+        &self,
+        q: &FlowQuery,
+    ) -> Result<Vec<wardmesh_proto::flow::StoredFlow>, StoreError> {
+        dispatch!(self.query_flows(q))
+    }
+
+    /// Retention: deletes every flow recorded before `before`; returns how many.
+    pub async fn prune_flows(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        dispatch!(self.prune_flows(before))
     }
 
     // ---- operator tokens --------------------------------------------------------------

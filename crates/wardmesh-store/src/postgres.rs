@@ -8,6 +8,8 @@
 //! itself once the server is reachable again; the call in flight when it broke fails.
 
 mod audit;
+mod flows;
+mod objects;
 mod ops;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,6 +5,8 @@
 //! `sqlite/audit.rs`.
 
 mod audit;
+mod flows;
+mod objects;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -11,6 +11,8 @@ mod audit_checks;
 mod checks;
 mod commit_checks;
 mod fixtures;
+mod flow_checks;
+mod object_checks;
 mod specific;
 
 /// Every check, for the macros below.
@@ -18,6 +20,8 @@ mod all_checks {
     pub(super) use super::audit_checks::*;
     pub(super) use super::checks::*;
     pub(super) use super::commit_checks::*;
+    pub(super) use super::flow_checks::*;
+    pub(super) use super::object_checks::*;
 }
 
 use std::future::Future;
@@ -246,6 +250,9 @@ store_checks!(
     check_audit_prune,
     check_commit_issuance_race,
     check_commit_issuance_all_or_nothing,
+    check_objects_generations,
+    check_objects_all_or_nothing,
+    check_objects_concurrent_generations,
 );
 
 db_checks!(
@@ -262,6 +269,36 @@ db_checks!(
     check_commit_issuance_race_across_replicas,
     check_commit_issuance_concurrent_replicas,
 );
+
+// Flow telemetry (tests/flow_checks.rs).
+store_checks!(
+    check_flows_ingest_idempotent,
+    check_flows_ingest_audited,
+    check_flows_query_filters,
+    check_flows_prune,
+);
+db_checks!(check_flows_follow_concurrent_replicas);
+
+/// The ingest benchmark, on both backends; ignored by default (slow in debug builds).
+mod check_flow_ingest_rate {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark: cargo test -p wardmesh-store --release flow_ingest_rate -- --ignored --nocapture"]
+    async fn sqlite() {
+        super::run_on_sqlite(|db| async move {
+            super::all_checks::check_flow_ingest_rate(db.open().await).await
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark: cargo test -p wardmesh-store --release flow_ingest_rate -- --ignored --nocapture"]
+    async fn postgres() {
+        super::run_on_postgres(|db| async move {
+            super::all_checks::check_flow_ingest_rate(db.open().await).await
+        })
+        .await
+    }
+}
 
 /// Runs `sql` (several statements allowed) on the test database directly, outside the
 /// store: what an attacker with database access, or an old build, would do.

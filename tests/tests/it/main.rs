@@ -4,7 +4,9 @@
 mod audit;
 mod dataplane;
 mod identity_api;
+mod injector;
 mod k8s_attestation;
 mod openapi;
+mod policy;
 mod rotation;
 mod transparent;

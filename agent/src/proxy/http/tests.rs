@@ -158,6 +158,8 @@ async fn deny_body_names_rule_revision_and_request_id() {
         rule: "default-deny".into(),
         reason: "not on the allow-list".into(),
         policy_revision: "allowlist-abc".into(),
+        obligations: Vec::new(),
+        dry_run: false,
     };
     let resp = deny_response(&d, "rid-9");
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);

@@ -52,6 +52,18 @@ async fn billing(Path(id): Path<u32>, headers: HeaderMap) -> axum::Json<serde_js
     axum::Json(json!({"patient": id, "served_to": caller(&headers), "balance_cents": 0}))
 }
 
+/// The notes app's routes as its agent declares them (templates, patient parameter).
+pub fn routes() -> Vec<wardmesh_agent::routes::RouteConfig> {
+    ["/patients/{patient}/notes", "/patients/{patient}/billing"]
+        .into_iter()
+        .map(|t| wardmesh_agent::routes::RouteConfig {
+            template: t.into(),
+            subject: Some("patient".into()),
+            phi: true,
+        })
+        .collect()
+}
+
 /// What one caller saw.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
@@ -62,8 +74,23 @@ pub struct Tally {
 
 /// An HTTP client that uses an agent's outbound port as its proxy, like an app with
 /// `http_proxy=` set.
-pub fn client_via(outbound: SocketAddr) -> anyhow::Result<reqwest::Client> {
+/// Every request carries the end user's bearer token and purpose of use.
+pub fn client_via(
+    outbound: SocketAddr,
+    token: &str,
+    purpose: &str,
+) -> anyhow::Result<reqwest::Client> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    headers.insert(
+        "x-purpose-of-use",
+        reqwest::header::HeaderValue::from_str(purpose)?,
+    );
     Ok(reqwest::Client::builder()
+        .default_headers(headers)
         .proxy(reqwest::Proxy::http(format!("http://{outbound}"))?)
         .timeout(Duration::from_secs(10))
         .build()?)

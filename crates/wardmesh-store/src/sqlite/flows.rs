@@ -1,0 +1,178 @@
+//! Flow telemetry on SQLite: batch ingest (one `BEGIN IMMEDIATE` transaction, one cached
+//! prepared statement, seqs handed out from `flow_head` up front), queries and retention.
+
+use rusqlite::{Connection, Row, TransactionBehavior, params};
+use time::OffsetDateTime;
+use wardmesh_proto::flow::{FlowRecord, StoredFlow};
+
+use super::SqliteBackend;
+use crate::StoreError;
+use crate::flows::{
+    FlowAudit, FlowParam, FlowQuery, IngestOutcome, PRUNE_CHUNK, RawFlow, events_for, flow_query,
+    inserted_mask, stored_count,
+};
+use crate::schema::to_micros;
+
+const COLUMNS: &str = "seq, id, at_us, kind, direction, source, destination, method, route, \
+     status, verdict, policy_revision, rule, latency_us, bytes_in, bytes_out, user_subject, \
+     purpose, break_glass, subject_pseudonym";
+const PER_ROW: usize = 20;
+/// Rows per multi-row `INSERT`: fewer statement executions per batch (20 × 32 = 640
+/// parameters, well under SQLite's limit).
+const ROWS_PER_STATEMENT: usize = 32;
+
+/// `INSERT … VALUES (…), (…) ON CONFLICT (id) DO NOTHING` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let row = format!("({})", vec!["?"; PER_ROW].join(", "));
+    format!(
+        "INSERT INTO flows ({COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+        vec![row; rows].join(", ")
+    )
+}
+
+impl SqliteBackend {
+    pub(crate) async fn ingest_flows(
+        &self,
+        records: &[FlowRecord],
+        audit: &[FlowAudit],
+    ) -> Result<IngestOutcome, StoreError> {
+        if records.is_empty() {
+            return Ok(IngestOutcome::default());
+        }
+        let records = records.to_vec();
+        let audit = audit.to_vec();
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mask = ingest_in(&tx, &records)?;
+            let events = events_for(&audit, &mask);
+            super::audit::append_in(&tx, &events)?;
+            tx.commit()?;
+            Ok(IngestOutcome::new(records.len(), &mask, events.len()))
+        })
+        .await
+    }
+
+    pub(crate) async fn query_flows(&self, q: &FlowQuery) -> Result<Vec<StoredFlow>, StoreError> {
+        let q = q.clone();
+        self.run(move |c| {
+            let (sql, params) = flow_query(&q, |n| format!("?{n}"));
+            let values: Vec<rusqlite::types::Value> = params
+                .into_iter()
+                .map(|p| match p {
+                    FlowParam::Int(i) => rusqlite::types::Value::Integer(i),
+                    FlowParam::Text(t) => rusqlite::types::Value::Text(t),
+                    FlowParam::Bool(b) => rusqlite::types::Value::Integer(i64::from(b)),
+                })
+                .collect();
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+            let mut flows = Vec::new();
+            while let Some(r) = rows.next()? {
+                flows.push(raw_from_row(r)?.into_stored()?);
+            }
+            if q.newest {
+                flows.reverse();
+            }
+            Ok(flows)
+        })
+        .await
+    }
+
+    pub(crate) async fn prune_flows(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let before_us = to_micros(before);
+        let mut removed = 0u64;
+        loop {
+            // One short transaction per chunk: ingest gets the write lock in between.
+            let n = self
+                .run(move |c| {
+                    Ok(c.prepare_cached(
+                        "DELETE FROM flows WHERE seq IN \
+                         (SELECT seq FROM flows WHERE at_us < ?1 LIMIT ?2)",
+                    )?
+                    .execute(params![before_us, PRUNE_CHUNK])?)
+                })
+                .await?;
+            removed += n as u64;
+            if (n as i64) < PRUNE_CHUNK {
+                return Ok(removed);
+            }
+        }
+    }
+}
+
+/// Inserts the batch; returns which records were new.
+fn ingest_in(tx: &Connection, records: &[FlowRecord]) -> Result<Vec<bool>, StoreError> {
+    let n = i64::try_from(records.len()).unwrap_or(i64::MAX);
+    let last: i64 = tx
+        .prepare_cached("UPDATE flow_head SET seq = seq + ?1 WHERE singleton = 1 RETURNING seq")?
+        .query_row([n], |r| r.get(0))?;
+    let mut returned = Vec::new();
+    let mut seqs = last - n + 1..;
+    for chunk in records.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = tx.prepare_cached(&insert_sql(chunk.len()))?;
+        // Chunk first: zip must not take a seq past the chunk's end.
+        for (i, (r, seq)) in chunk.iter().zip(seqs.by_ref()).enumerate() {
+            bind_row(&mut insert, i * PER_ROW, seq, r)?;
+        }
+        let mut rows = insert.raw_query();
+        while let Some(row) = rows.next()? {
+            returned.push(row.get(0)?);
+        }
+    }
+    Ok(inserted_mask(records, &returned))
+}
+
+/// Binds one record's columns, in [`COLUMNS`] order, after the first `base` parameters.
+fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    base: usize,
+    seq: i64,
+    r: &FlowRecord,
+) -> rusqlite::Result<()> {
+    let at = |i: usize| base + i + 1;
+    stmt.raw_bind_parameter(at(0), seq)?;
+    stmt.raw_bind_parameter(at(1), &r.id)?;
+    stmt.raw_bind_parameter(at(2), to_micros(r.at))?;
+    stmt.raw_bind_parameter(at(3), r.kind.as_str())?;
+    stmt.raw_bind_parameter(at(4), r.direction.as_str())?;
+    stmt.raw_bind_parameter(at(5), &r.source)?;
+    stmt.raw_bind_parameter(at(6), &r.destination)?;
+    stmt.raw_bind_parameter(at(7), &r.method)?;
+    stmt.raw_bind_parameter(at(8), &r.route)?;
+    stmt.raw_bind_parameter(at(9), r.status)?;
+    stmt.raw_bind_parameter(at(10), r.verdict.as_str())?;
+    stmt.raw_bind_parameter(at(11), &r.policy_revision)?;
+    stmt.raw_bind_parameter(at(12), &r.rule)?;
+    stmt.raw_bind_parameter(at(13), stored_count(r.latency_us))?;
+    stmt.raw_bind_parameter(at(14), stored_count(r.bytes_in))?;
+    stmt.raw_bind_parameter(at(15), stored_count(r.bytes_out))?;
+    stmt.raw_bind_parameter(at(16), &r.user)?;
+    stmt.raw_bind_parameter(at(17), &r.purpose)?;
+    stmt.raw_bind_parameter(at(18), r.break_glass)?;
+    stmt.raw_bind_parameter(at(19), &r.subject_pseudonym)
+}
+
+fn raw_from_row(r: &Row<'_>) -> rusqlite::Result<RawFlow> {
+    Ok(RawFlow {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        at_us: r.get(2)?,
+        kind: r.get(3)?,
+        direction: r.get(4)?,
+        source: r.get(5)?,
+        destination: r.get(6)?,
+        method: r.get(7)?,
+        route: r.get(8)?,
+        status: r.get(9)?,
+        verdict: r.get(10)?,
+        policy_revision: r.get(11)?,
+        rule: r.get(12)?,
+        latency_us: r.get(13)?,
+        bytes_in: r.get(14)?,
+        bytes_out: r.get(15)?,
+        user: r.get(16)?,
+        purpose: r.get(17)?,
+        break_glass: r.get(18)?,
+        subject_pseudonym: r.get(19)?,
+    })
+}
