@@ -29,8 +29,8 @@ pub mod metrics;
 pub mod original_dst;
 pub mod policy;
 pub mod proxy;
-pub mod spool;
 pub mod routes;
+pub mod spool;
 
 #[cfg(test)]
 mod testing;

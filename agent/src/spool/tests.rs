@@ -422,7 +422,7 @@ async fn kill9_child() {
         let (spool, tx) = (spool.clone(), tx.clone());
         tokio::spawn(async move {
             for i in 0.. {
-                let r = record((task << 40) | i);
+                let r = record(task * 1_000_000_000 + i);
                 match spool.append(&r).await {
                     Ok(()) => {
                         let _ = tx.send(r.id);
@@ -514,7 +514,7 @@ async fn spool_append_latency() {
             let spool = spool.clone();
             tokio::spawn(async move {
                 for i in 0..200 {
-                    spool.append(&record((t << 40) | (1000 + i))).await.unwrap();
+                    spool.append(&record(t * 100_000 + 1000 + i)).await.unwrap();
                 }
             })
         })

@@ -365,6 +365,87 @@ async fn signed_bundles_decide_live_traffic_and_bad_input_changes_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(allowed.is_some(), "break-glass grant honoured within 20 s");
+    let grant_id = grant["grant_id"].as_str().unwrap().to_owned();
+    let (code, pending) = api(
+        &s.cp,
+        reqwest::Method::GET,
+        &format!("{}?pending=true", paths::BREAKGLASS),
+        Some(&s.cp.admin_token),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        pending[0]["grant"]["grant_id"],
+        grant_id.as_str(),
+        "{pending}"
+    );
+    assert_eq!(pending[0]["active"], true);
+    let review = paths::BREAKGLASS_REVIEW.replace("{grant_id}", &grant_id);
+    let note = json!({"note": "ER admission confirmed"});
+    let (code, v) = api(
+        &s.cp,
+        reqwest::Method::POST,
+        &review,
+        Some(&s.cp.admin_token),
+        Some(&note),
+    )
+    .await;
+    assert_eq!(
+        (code, v["review"]["note"].as_str()),
+        (200, Some("ER admission confirmed")),
+        "{v}"
+    );
+    let (code, v) = api(
+        &s.cp,
+        reqwest::Method::POST,
+        &review,
+        Some(&s.cp.admin_token),
+        Some(&note),
+    )
+    .await;
+    assert_eq!(
+        (code, v["error"].as_str()),
+        (409, Some("already_reviewed")),
+        "{v}"
+    );
+    let (_, pending) = api(
+        &s.cp,
+        reqwest::Method::GET,
+        &format!("{}?pending=true", paths::BREAKGLASS),
+        Some(&s.cp.admin_token),
+        None,
+    )
+    .await;
+    assert_eq!(pending, json!([]), "a reviewed grant leaves the queue");
+    let short = json!({"user": "dr-ada", "reason": "because", "ttl_seconds": 600});
+    let (code, v) = api(
+        &s.cp,
+        reqwest::Method::POST,
+        paths::BREAKGLASS,
+        Some(&s.cp.admin_token),
+        Some(&short),
+    )
+    .await;
+    assert_eq!(
+        (code, v["error"].as_str()),
+        (400, Some("invalid_reason")),
+        "{v}"
+    );
+    let long = json!({"user": "dr-ada", "reason": "unconscious patient in the ER", "ttl_seconds": 200_000});
+    let (code, v) = api(
+        &s.cp,
+        reqwest::Method::POST,
+        paths::BREAKGLASS,
+        Some(&s.cp.admin_token),
+        Some(&long),
+    )
+    .await;
+    assert_eq!(
+        (code, v["error"].as_str()),
+        (400, Some("invalid_ttl")),
+        "{v}"
+    );
     assert!(s.b.metric("wardmesh_inbound_break_glass_uses_total", &[]) >= 1.0);
 
     // Bad bundles: refused with a reason; the agent keeps running r1.

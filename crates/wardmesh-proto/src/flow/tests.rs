@@ -56,15 +56,24 @@ fn records_round_trip_and_unknown_fields_are_refused() {
     r.validate().unwrap();
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["verdict"], "allowed");
-    assert_eq!(serde_json::from_value::<FlowRecord>(json.clone()).unwrap(), r);
+    assert_eq!(
+        serde_json::from_value::<FlowRecord>(json.clone()).unwrap(),
+        r
+    );
     let mut extra = json.clone();
     extra["raw_path"] = "/patients/42/notes".into();
     let err = serde_json::from_value::<FlowRecord>(extra).unwrap_err();
-    assert!(err.to_string().contains("unknown field `raw_path`"), "{err}");
+    assert!(
+        err.to_string().contains("unknown field `raw_path`"),
+        "{err}"
+    );
     let batch = serde_json::json!({"agent_instance": "a", "records": [json], "x": 1});
     assert!(serde_json::from_value::<IngestBatch>(batch).is_err());
     let dry = serde_json::json!("dry_run");
-    assert_eq!(serde_json::from_value::<Verdict>(dry).unwrap(), Verdict::DryRun);
+    assert_eq!(
+        serde_json::from_value::<Verdict>(dry).unwrap(),
+        Verdict::DryRun
+    );
     for v in Verdict::ALL {
         assert_eq!(Verdict::parse(v.as_str()), Some(v));
     }
@@ -86,12 +95,16 @@ fn stored_flows_flatten_the_record() {
 
 #[test]
 fn invalid_records_name_the_field() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut FlowRecord)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut FlowRecord)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("id", Box::new(|r| r.id = "XYZ".into())),
         ("id", Box::new(|r| r.id = r.id.to_uppercase())),
         ("source", Box::new(|r| r.source = Some("frontend".into()))),
         ("destination", Box::new(|r| r.destination = String::new())),
-        ("route", Box::new(|r| r.route = Some("/patients/42?x=1".into()))),
+        (
+            "route",
+            Box::new(|r| r.route = Some("/patients/42?x=1".into())),
+        ),
         ("route", Box::new(|r| r.route = Some("patients".into()))),
         ("method", Box::new(|r| r.method = Some("get".into()))),
         ("status", Box::new(|r| r.status = Some(42))),

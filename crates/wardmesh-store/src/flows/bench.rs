@@ -49,7 +49,7 @@ pub async fn ingest_benchmark(
 }
 
 fn synthetic(seed: u64, n: u64, now: OffsetDateTime) -> FlowRecord {
-    let phi = n % 4 == 0;
+    let phi = n.is_multiple_of(4);
     FlowRecord {
         id: new_record_id(
             (u128::from(seed) << 64) | u128::from(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
@@ -65,7 +65,7 @@ fn synthetic(seed: u64, n: u64, now: OffsetDateTime) -> FlowRecord {
         method: Some("GET".to_owned()),
         route: Some("/patients/{patient}/notes".to_owned()),
         status: Some(200),
-        verdict: if n % 50 == 0 {
+        verdict: if n.is_multiple_of(50) {
             Verdict::Denied
         } else {
             Verdict::Allowed

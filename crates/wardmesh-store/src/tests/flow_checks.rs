@@ -32,7 +32,7 @@ pub(super) fn flow(n: u64) -> FlowRecord {
         direction: FlowDirection::Inbound,
         source: if n % 7 == 6 {
             None
-        } else if n % 2 == 0 {
+        } else if n.is_multiple_of(2) {
             Some(ALICE.to_owned())
         } else {
             Some(BOB.to_owned())
@@ -40,7 +40,7 @@ pub(super) fn flow(n: u64) -> FlowRecord {
         destination: NOTES.to_owned(),
         method: http.then(|| "GET".to_owned()),
         route: http.then(|| {
-            if n % 3 == 0 {
+            if n.is_multiple_of(3) {
                 UNMATCHED_ROUTE.to_owned()
             } else {
                 "/patients/{patient}/notes".to_owned()
@@ -53,8 +53,15 @@ pub(super) fn flow(n: u64) -> FlowRecord {
         latency_us: n * 10,
         bytes_in: n,
         bytes_out: n * 100 + u64::from(u32::MAX),
-        user: (n % 2 == 0).then(|| "dr-alice".to_owned()),
-        purpose: Some(if n % 2 == 0 { "TREAT" } else { "HOPERAT" }.to_owned()),
+        user: (n.is_multiple_of(2)).then(|| "dr-alice".to_owned()),
+        purpose: Some(
+            if n.is_multiple_of(2) {
+                "TREAT"
+            } else {
+                "HOPERAT"
+            }
+            .to_owned(),
+        ),
         break_glass: n % 10 == 9,
         subject_pseudonym: (n % 3 == 1).then(|| subject_pseudonym(b"key", &format!("p{}", n % 2))),
     }
@@ -200,6 +207,9 @@ fn last_n(n: u32) -> FlowQuery {
     }
 }
 
+/// Which records a query should return.
+type Keep = Box<dyn Fn(&FlowRecord) -> bool + Send + Sync>;
+
 pub(super) async fn check_flows_query_filters(store: Store) {
     let records: Vec<FlowRecord> = (0..60).map(flow).collect();
     // 45 spans two multi-row statements on SQLite: seqs must stay exact across them.
@@ -209,7 +219,7 @@ pub(super) async fn check_flows_query_filters(store: Store) {
     let q = FlowQuery::default;
     assert_eq!(ids(&all(&store, q()).await), expect(&records, |_| true));
 
-    let cases: Vec<(FlowQuery, Box<dyn Fn(&FlowRecord) -> bool + Send + Sync>)> = vec![
+    let cases: Vec<(FlowQuery, Keep)> = vec![
         (
             FlowQuery {
                 source: Some(IdFilter::Exact(ALICE.into())),
