@@ -339,7 +339,6 @@ impl Inbound {
             );
             let decision = self.gate.authz.decide(&input);
             if !decision.allow {
-                self.metrics.deny(&decision.rule);
                 info!(
                     peer = %id,
                     method = %parts.method,
@@ -351,6 +350,7 @@ impl Inbound {
                     "request denied"
                 );
                 if decision.blocks() {
+                    self.metrics.deny(&decision.rule);
                     return finish(h::deny_response(&decision, &request_id), Outcome::Denied);
                 }
                 self.metrics.dry_run_deny(&decision.rule);
