@@ -41,7 +41,7 @@ pub struct RunningAgent {
     admin_task: JoinHandle<()>,
     dataplane: DataPlane,
     policy: PolicyHandle,
-    /// The policy worker and the JWKS refreshers.
+    /// The policy worker, the JWKS refreshers and the flow shipper.
     background: Vec<JoinHandle<()>>,
 }
 
@@ -216,6 +216,29 @@ pub async fn start_with_sources<S: CertificateSource, P: PolicySource>(
         None => None,
     };
 
+    let telemetry = match &config.telemetry {
+        Some(t) => {
+            let started = crate::telemetry::start(
+                t,
+                &registry,
+                &config.base_url()?,
+                identity.subscribe(),
+                &config.instance_id,
+                shutdown.child_token(),
+            )
+            .await
+            .with_context(|| format!("cannot open the flow spool in {}", t.spool_dir.display()))?;
+            background.push(started.shipper);
+            Some(started.telemetry)
+        }
+        None => {
+            tracing::warn!(
+                "flow telemetry is off: requests leave no flow records (set --spool-dir)"
+            );
+            None
+        }
+    };
+
     let gate = Gate::new(authz, policy.clone(), jwt.clone());
     let dataplane = proxy::spawn(
         listeners,
@@ -223,6 +246,7 @@ pub async fn start_with_sources<S: CertificateSource, P: PolicySource>(
         gate,
         &registry,
         Arc::clone(&clock),
+        telemetry,
         shutdown.child_token(),
     )?;
 

@@ -125,6 +125,13 @@ pub struct RunArgs {
     /// (the injector sets this from `wardmesh.io/phi: "true"`). Default `fail-open`.
     #[arg(long, env = "WARDMESH_AUDIT_MODE", value_name = "MODE", value_parser = ["fail-open", "fail-closed"])]
     pub audit_mode: Option<String>,
+
+    /// Flow-record spool directory: every request's flow record is written here before
+    /// it is shipped to the control plane (the injector mounts an emptyDir). Without it
+    /// (or a `[telemetry]` section) no flows are recorded, and PHI routes are refused at
+    /// startup.
+    #[arg(long, env = "WARDMESH_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// `--routes` → route configs: the subject is a `{patient}` or `{subject}` parameter.
@@ -166,6 +173,7 @@ impl RunArgs {
             outbound_listen: self.outbound_listen,
             app: self.app,
             allow: self.allow,
+            spool_dir: self.spool_dir,
         });
         let config = AgentConfig {
             control_plane_url: self.control_plane,
@@ -180,6 +188,7 @@ impl RunArgs {
             allow: dataplane.allow,
             policy: dataplane.policy,
             oidc: dataplane.oidc,
+            telemetry: dataplane.telemetry,
         };
         config.validate()?;
         Ok(config)

@@ -48,6 +48,13 @@ pub enum ConfigError {
     EmptyJoinToken,
     #[error(transparent)]
     DataPlane(#[from] crate::proxy::DataPlaneConfigError),
+    #[error(
+        "route {0:?} carries PHI (fail-closed: no access without audit) but flow telemetry is \
+         off; set --spool-dir (WARDMESH_SPOOL_DIR) or [telemetry] spool_dir"
+    )]
+    PhiWithoutTelemetry(String),
+    #[error("invalid [telemetry] section: {0}")]
+    Telemetry(#[from] crate::spool::SpoolError),
 }
 
 /// A string that never appears in logs, debug output or `/config_dump`.
@@ -162,6 +169,9 @@ pub struct AgentConfig {
     pub policy: crate::policy::PolicyConfig,
     /// OIDC issuers for end-user bearer tokens; `None`: tokens are not examined.
     pub oidc: Option<crate::jwt::OidcConfig>,
+    /// Flow telemetry (`[telemetry]`, `--spool-dir`); `None`: no flow records, which a
+    /// PHI route does not allow.
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 impl AgentConfig {
@@ -185,6 +195,7 @@ impl AgentConfig {
             allow: Vec::new(),
             policy: crate::policy::PolicyConfig::default(),
             oidc: None,
+            telemetry: None,
         }
     }
 
@@ -210,6 +221,14 @@ impl AgentConfig {
         }
         if let Some(inbound) = &self.inbound {
             inbound.validate()?;
+            if self.telemetry.is_none()
+                && let Some(r) = inbound.routes.iter().find(|r| r.phi)
+            {
+                return Err(ConfigError::PhiWithoutTelemetry(r.template.clone()));
+            }
+        }
+        if let Some(t) = &self.telemetry {
+            t.validate()?;
         }
         if let Some(outbound) = &self.outbound {
             outbound.discovery()?;

@@ -10,7 +10,9 @@
 //! with the Rego policy compiled to wasm ([`policy`]), the declared
 //! route templates ([`routes`]) and the end user's validated JWT ([`jwt`]) — before it
 //! reaches the app; the outbound listener takes the app's calls (transparently or as an
-//! HTTP proxy) to the destination's agent, found through [`discovery`].
+//! HTTP proxy) to the destination's agent, found through [`discovery`]. Every inbound
+//! request and TCP connection leaves a flow record ([`telemetry`]) in the durable
+//! [`spool`], which ships it to the control plane.
 //!
 //! Composition root: [`app::start`] (embeddable, returns handles) and [`app::run`]
 //! (the binary's entry). Clocks and metric registries are passed in, never global.
@@ -31,6 +33,7 @@ pub mod policy;
 pub mod proxy;
 pub mod routes;
 pub mod spool;
+pub mod telemetry;
 
 #[cfg(test)]
 mod testing;

@@ -74,10 +74,13 @@ pub enum Outcome {
     HeaderTimeout,
     /// The request headers exceeded the limit (answered 431).
     HeadersTooLarge,
+    /// A fail-closed (PHI) request refused because its flow record could not be made
+    /// durable (spool full or failing): no access without audit.
+    AuditUnavailable,
 }
 
 impl Outcome {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Allowed,
         Self::Denied,
         Self::Passthrough,
@@ -90,6 +93,7 @@ impl Outcome {
         Self::BadRequest,
         Self::HeaderTimeout,
         Self::HeadersTooLarge,
+        Self::AuditUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +110,7 @@ impl Outcome {
             Self::BadRequest => "bad_request",
             Self::HeaderTimeout => "header_timeout",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::AuditUnavailable => "audit_unavailable",
         }
     }
 }

@@ -147,6 +147,7 @@ pub fn spawn(
     gate: Gate,
     registry: &Registry,
     clock: Arc<dyn Clock>,
+    telemetry: Option<crate::telemetry::Telemetry>,
     shutdown: CancellationToken,
 ) -> Result<DataPlane, ProxyError> {
     let metrics = ProxyMetrics::register(registry)?;
@@ -167,6 +168,7 @@ pub fn spawn(
             gate,
             metrics.clone(),
             clock,
+            telemetry,
         ));
         plane
             .tasks

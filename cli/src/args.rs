@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// wardctl — operate a wardmesh zero-trust mesh.
 ///
@@ -10,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///   wardctl up                                # local mesh on loopback, embedded SQLite
 ///   wardctl ca init --dir ./ca                # new root + intermediate
 ///   wardctl token create --id spiffe://wardmesh.local/ns/clinic/sa/notes
+///   wardctl flows --to records --verdict denied --since 10m
 #[derive(Debug, Parser)]
 #[command(name = "wardctl", version, verbatim_doc_comment)]
 pub struct Cli {
@@ -38,8 +41,19 @@ pub struct Global {
     /// PEM roots that verify the control plane (default: the roots in <home>/ca).
     #[arg(long, global = true, env = "WARDMESH_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
-    /// Output format for query commands.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    /// Output format for query commands: table, json (one document), or jsonl (one JSON
+    /// object per line; commands that print a single document print it as json).
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value_t = Format::Table
+    )]
+    pub format: Format,
+    /// `format` for commands that print one document (jsonl reads as json); set from
+    /// `format` by `cmd::run`, so that those commands need not know about jsonl.
+    #[arg(skip)]
     pub output: Output,
 }
 
@@ -50,10 +64,73 @@ fn default_home() -> PathBuf {
         .join(".wardmesh")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// How a command that prints one document prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Output {
+    #[default]
     Table,
     Json,
+}
+
+/// `-o`: how query commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One pretty-printed JSON document.
+    Json,
+    /// One compact JSON object per line (streams; for jq, log shippers, `--follow`).
+    Jsonl,
+}
+
+impl Format {
+    /// The format for commands that print a single document.
+    pub fn document(self) -> Output {
+        match self {
+            Self::Table => Output::Table,
+            Self::Json | Self::Jsonl => Output::Json,
+        }
+    }
+}
+
+/// A point in time on the command line (`--since`, `--until`): RFC 3339, or an age before
+/// now such as `90s`, `10m`, `2h`, `7d`.
+pub fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    parse_time_at(text, OffsetDateTime::now_utc())
+}
+
+/// [`parse_time`] relative to `now` (tests pin it).
+pub fn parse_time_at(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t.to_offset(time::UtcOffset::UTC));
+    }
+    let bad = || {
+        format!(
+            "{text:?} is not a time: use an RFC 3339 time (2025-06-01T12:00:00Z) or an age \
+             like 30s, 10m, 2h, 7d"
+        )
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = text.split_at(split);
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    // Checked: an absurd age is an error, not a panic.
+    n.checked_mul(seconds_per)
+        .map(time::Duration::seconds)
+        .and_then(|age| now.checked_sub(age))
+        .ok_or_else(|| format!("{text:?} reaches too far into the past"))
+}
+
+/// RFC 3339 in UTC, as the API takes it.
+pub fn rfc3339_utc(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,8 +161,19 @@ pub enum Command {
     /// Examples:
     ///   wardctl audit log --last 20
     ///   wardctl audit verify
+    ///   wardctl audit disclosures --subject p-2001 --since 2025-01-01T00:00:00Z
     #[command(subcommand, verbatim_doc_comment)]
     Audit(AuditCommand),
+    /// Flow records: every request between workloads, filtered like `hubble observe`
+    /// (viewer role). Without --since or --last, the newest 20.
+    ///
+    /// Examples:
+    ///   wardctl flows --from clinic/frontend --to records --verdict denied
+    ///   wardctl flows --route '/patients/{patient}/notes' --since 1h -o json
+    ///   wardctl flows --to records --follow -o jsonl
+    ///   wardctl flows --request-id 3f2a9c0e1b7d4e55
+    #[command(verbatim_doc_comment)]
+    Flows(crate::cmd::flows::FlowsArgs),
     /// Rego policies: build OPA bundles, run their tests, sign them, evaluate an input.
     ///
     /// Examples:
@@ -285,6 +373,19 @@ pub enum IdentityCommand {
     },
 }
 
+/// `--actor`: an exact actor, or a prefix ending in `*`.
+fn parse_actor(s: &str) -> Result<String, String> {
+    let stem = s.strip_suffix('*').unwrap_or(s);
+    if stem.is_empty() || s.len() > 512 || s.contains(char::is_control) {
+        return Err(
+            "use an actor such as operator:alice, user:dr-ada or a SPIFFE ID, or a prefix \
+             such as operator:*"
+                .to_owned(),
+        );
+    }
+    Ok(s.to_owned())
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Audit entries, oldest first (auditor role).
@@ -293,17 +394,52 @@ pub enum AuditCommand {
     ///   wardctl audit log --last 20
     ///   wardctl audit log --kind operator.api --since 1h -o json
     ///   wardctl audit log --kind 'identity.*' --since 2025-06-01T00:00:00Z
+    ///   wardctl audit log --kind phi.access --actor user:dr-ada --since 7d --until 1d
     #[command(verbatim_doc_comment)]
     Log {
         /// Only this kind (e.g. identity.issued), or a prefix such as identity.*
         #[arg(long)]
         kind: Option<String>,
+        /// Only this actor (operator:NAME, user:SUB, a SPIFFE ID), or a prefix such as
+        /// operator:* (filtered by wardctl: the API has no actor filter).
+        #[arg(long, value_parser = parse_actor)]
+        actor: Option<String>,
         /// Only entries since this time: RFC 3339, or an age such as 30s, 10m, 2h, 7d.
-        #[arg(long)]
-        since: Option<String>,
+        #[arg(long, value_parser = parse_time)]
+        since: Option<OffsetDateTime>,
+        /// Only entries before this time, same forms as --since (filtered by wardctl).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<OffsetDateTime>,
         /// Only the newest N matching entries (default 100 when --since is not given).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
         last: Option<u32>,
+    },
+    /// Accounting of disclosures (auditor role): who accessed one patient's records,
+    /// when, from which service, under which purpose. Lists requests that released data
+    /// (verdict allowed or dry-run); --include-denied adds refused attempts.
+    ///
+    /// The patient id is sent in the request body, never in a URL, and the control plane
+    /// matches it by its keyed pseudonym, exactly as it appears in request paths. Pass
+    /// `--subject -` to read it from stdin and keep it out of shell history.
+    ///
+    /// Examples:
+    ///   wardctl audit disclosures --subject p-2001
+    ///   wardctl audit disclosures --subject p-2001 --since 2025-01-01T00:00:00Z --include-denied -o json
+    ///   read -rs P && echo "$P" | wardctl audit disclosures --subject -
+    #[command(verbatim_doc_comment)]
+    Disclosures {
+        /// The patient (data subject) id, or `-` to read it from stdin.
+        #[arg(long)]
+        subject: String,
+        /// Only accesses since this time: RFC 3339, or an age such as 30s, 10m, 2h, 7d.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<OffsetDateTime>,
+        /// Only accesses before this time, same forms as --since.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<OffsetDateTime>,
+        /// Also list refused attempts (verdict denied or error).
+        #[arg(long)]
+        include_denied: bool,
     },
     /// Download the whole log and its checkpoints, recompute the hash chain and check each
     /// checkpoint's signature against the pinned key; exits non-zero on the first damage.
@@ -319,4 +455,98 @@ pub enum AuditCommand {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("wardctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_ages() {
+        let now = OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap();
+        let at = |s: &str| parse_time_at(s, now).map(rfc3339_utc);
+        assert_eq!(
+            at("2025-06-01T12:00:00+02:00").unwrap(),
+            "2025-06-01T10:00:00Z"
+        );
+        assert_eq!(at("90s").unwrap(), "2025-06-15T15:05:10Z");
+        assert_eq!(at("2h").unwrap(), "2025-06-15T13:06:40Z");
+        assert_eq!(at("7d").unwrap(), "2025-06-08T15:06:40Z");
+        for bad in ["yesterday", "10", "5w", "h", "", "-5m"] {
+            let err = at(bad).unwrap_err();
+            assert!(err.contains("RFC 3339"), "{bad}: {err}");
+        }
+        let err = at("9999999999999999d").unwrap_err();
+        assert!(err.contains("too far"), "{err}");
+    }
+
+    #[test]
+    fn jsonl_is_json_for_single_document_commands() {
+        assert_eq!(Format::Jsonl.document(), Output::Json);
+        assert_eq!(Format::Json.document(), Output::Json);
+        assert_eq!(Format::Table.document(), Output::Table);
+        let cli = parse(&["agents", "-o", "jsonl"]).unwrap();
+        assert_eq!(cli.global.format, Format::Jsonl);
+        let err = parse(&["agents", "-o", "yaml"]).unwrap_err().to_string();
+        assert!(err.contains("jsonl"), "{err}");
+    }
+
+    #[test]
+    fn audit_log_and_disclosure_arguments_are_checked() {
+        let cli = parse(&[
+            "audit",
+            "log",
+            "--kind",
+            "phi.access",
+            "--actor",
+            "operator:*",
+            "--since",
+            "1h",
+            "--until",
+            "2030-01-01T00:00:00Z",
+            "--last",
+            "5",
+        ])
+        .unwrap();
+        let Command::Audit(AuditCommand::Log {
+            actor, until, last, ..
+        }) = cli.command
+        else {
+            panic!("not audit log");
+        };
+        assert_eq!(actor.as_deref(), Some("operator:*"));
+        assert_eq!(until.map(|t| t.year()), Some(2030));
+        assert_eq!(last, Some(5));
+        for bad in [
+            &["audit", "log", "--last", "0"][..],
+            &["audit", "log", "--last", "1001"],
+            &["audit", "log", "--since", "last tuesday"],
+            &["audit", "log", "--actor", "*"],
+            &["audit", "disclosures"],
+            &["audit", "disclosures", "--subject", "p", "--until", "soon"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let cli = parse(&[
+            "audit",
+            "disclosures",
+            "--subject",
+            "p-2001",
+            "--include-denied",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Audit(AuditCommand::Disclosures {
+                include_denied: true,
+                ..
+            })
+        ));
+    }
 }

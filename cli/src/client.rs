@@ -4,6 +4,7 @@
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use wardmesh_identity::TrustDomain;
 use wardmesh_identity::ca::CaDir;
 use wardmesh_identity::svid::certs_from_pem;
 use wardmesh_identity::tls::{TrustBundle, control_plane_client_config};
@@ -16,6 +17,9 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// The mesh's trust domain when known locally (from the CA directory); a
+    /// `--trust-bundle` PEM does not say.
+    trust_domain: Option<TrustDomain>,
 }
 
 /// The roots that verify the control plane: `--trust-bundle`, else the local CA dir.
@@ -23,7 +27,7 @@ pub fn trust_bundle(g: &Global) -> anyhow::Result<TrustBundle> {
     let (pem, td) = match &g.trust_bundle {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-            wardmesh_identity::TrustDomain::default(),
+            TrustDomain::default(),
         ),
         None => {
             let dir = CaDir::new(g.home.join("ca"));
@@ -72,7 +76,23 @@ impl Client {
             http,
             base: g.control_plane.trim_end_matches('/').to_owned(),
             token: read_token(g),
+            trust_domain: g
+                .trust_bundle
+                .is_none()
+                .then(|| bundle.trust_domain.clone()),
         })
+    }
+
+    /// The mesh's trust domain: from the local CA directory, else as the control plane
+    /// reports it (`GET /v1/ca`, viewer). `None` when neither can tell; callers then show
+    /// full SPIFFE IDs.
+    pub async fn trust_domain(&self) -> Option<TrustDomain> {
+        if let Some(td) = &self.trust_domain {
+            return Some(td.clone());
+        }
+        let ca: wardmesh_proto::operator::CaStatus =
+            self.get(wardmesh_proto::paths::CA, &[]).await.ok()?;
+        TrustDomain::new(&ca.trust_domain).ok()
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

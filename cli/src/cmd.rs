@@ -5,6 +5,7 @@ pub mod breakglass;
 mod ca;
 pub mod check;
 pub mod consent;
+pub mod flows;
 mod identity;
 pub mod inject;
 pub mod install;
@@ -14,7 +15,10 @@ mod up;
 
 use crate::args::{Cli, Command};
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    // Commands that print one document see jsonl as json; query commands that list rows
+    // read `format` and print one object per line.
+    cli.global.output = cli.global.format.document();
     let g = &cli.global;
     match cli.command {
         Command::Up(a) => up::run(g, a).await,
@@ -23,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identity(c) => identity::run(g, c).await,
         Command::Agents => identity::agents(g).await,
         Command::Audit(c) => audit::run(g, c).await,
+        Command::Flows(a) => flows::run(g, a).await,
         Command::Policy(c) => policy::run(g, c).await,
         Command::Consent(c) => consent::run(g, c).await,
         Command::Breakglass(c) => breakglass::run(g, c).await,

@@ -109,6 +109,10 @@ pub fn router(state: ApiState) -> Router {
             get(crate::audit::api::checkpoints),
         )
         .route(paths::AUDIT_KEY, get(crate::audit::api::key))
+        .route(
+            paths::AUDIT_DISCLOSURES,
+            post(crate::audit::disclosures::handler),
+        )
         .merge(crate::policy::operator_routes())
         .route_layer(from_fn_with_state(
             state.clone(),

@@ -1,4 +1,5 @@
-//! The composition root: open the store, load the CA, start the pollers and the API.
+//! The composition root: open the store, load the CA, start the pollers, the retention
+//! task and the API.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +22,7 @@ use crate::identity::{Clock, IdentityService, system_clock};
 use crate::metrics::Metrics;
 use crate::operator::{DenyListPublisher, OperatorService, bootstrap_admin_token};
 use crate::policy::{ContextPublisher, PolicyService, load_pseudonym_key};
+use crate::retention::{Retention, RetentionMetrics};
 use crate::tokenreview::{SaAttestor, TokenReviewer};
 
 /// File (in the state dir) holding the bootstrap security-admin token.
@@ -76,6 +78,8 @@ pub async fn start_with_clock(
     clock: Clock,
 ) -> anyhow::Result<RunningControlPlane> {
     let metrics = Metrics::new(&registry).context("registering metrics")?;
+    let retention_metrics =
+        RetentionMetrics::new(&registry).context("registering the retention metrics")?;
     let store = Store::open(&config.store_url)
         .await
         .context("opening the store")?;
@@ -166,7 +170,18 @@ pub async fn start_with_clock(
                 .clone()
                 .run_checkpoints(config.audit_checkpoint_interval),
         ),
+        tokio::spawn(
+            Retention::new(
+                store.clone(),
+                audit.clone(),
+                config.retention.clone(),
+                clock.clone(),
+                retention_metrics,
+            )
+            .run(),
+        ),
     ];
+    log_retention(&config.retention);
     let webhook_addr = match &config.injector {
         Some(inj) => {
             let l = TcpListener::bind(inj.listen)
@@ -207,6 +222,26 @@ pub async fn start_with_clock(
         tasks,
         server,
     })
+}
+
+/// Says at start what will be deleted when, and warns about an audit retention shorter
+/// than HIPAA's six years.
+fn log_retention(r: &crate::config::RetentionConfig) {
+    let days = |d: Option<std::time::Duration>| d.map(|d| d.as_secs() / 86_400);
+    tracing::info!(
+        flow_retention_days = ?days(r.flow_retention),
+        audit_retention_days = ?days(r.audit_retention),
+        interval_secs = r.retention_interval.as_secs(),
+        "retention (None: kept forever)"
+    );
+    if let Some(audit) = r.audit_retention
+        && audit < crate::config::HIPAA_AUDIT_RETENTION
+    {
+        tracing::warn!(
+            audit_retention_days = audit.as_secs() / 86_400,
+            "the audit retention is shorter than the six years HIPAA expects for audit documentation"
+        );
+    }
 }
 
 async fn write_bootstrap_token(

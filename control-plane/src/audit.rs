@@ -2,7 +2,8 @@
 //! call (reads included: who looked at what), and later every PHI access, appended to the
 //! store's hash chain ([`wardmesh_store::chain`]); signed checkpoints over the chain head
 //! ([`checkpoint`]); the verifier `wardctl audit verify` runs ([`verify`]); and the
-//! operator endpoints ([`api`]).
+//! operator endpoints ([`api`]), among them the accounting of disclosures
+//! ([`disclosures`]).
 //!
 //! [`AuditLog`] is the one entry point for writers: `audit.append(AuditRecord::new(
 //! kinds::PHI_ACCESS, actor, subject).detail(..))` from flow ingest, or `append_batch` for
@@ -10,6 +11,7 @@
 
 pub mod api;
 pub mod checkpoint;
+pub mod disclosures;
 pub mod key;
 pub mod verify;
 
@@ -36,6 +38,8 @@ pub mod kinds {
     pub const AUDIT_PRUNED: &str = "audit.pruned";
     /// A request that touched protected health information (written by flow ingest).
     pub const PHI_ACCESS: &str = "phi.access";
+    /// An auditor read a patient's accounting of disclosures (subject: the pseudonym).
+    pub const DISCLOSURES_READ: &str = "audit.disclosures.read";
 }
 
 /// Page size bounds of the audit endpoints.
@@ -199,6 +203,9 @@ impl AuditLog {
 #[serde(deny_unknown_fields)]
 pub struct EntriesQuery {
     pub after: Option<i64>,
+    /// Only entries with `seq < before`: with `last`, pages backwards (`wardctl audit log
+    /// --actor` filters the newest entries page by page).
+    pub before: Option<i64>,
     pub limit: Option<u32>,
     pub kind: Option<String>,
     pub since: Option<String>,
@@ -213,6 +220,9 @@ impl EntriesQuery {
         let after = self.after.unwrap_or(0);
         if after < 0 {
             return Err(invalid("after must be a seq of 0 or more".to_owned()));
+        }
+        if self.before.is_some_and(|b| b < 1) {
+            return Err(invalid("before must be a seq of 1 or more".to_owned()));
         }
         if let Some(kind) = &self.kind {
             let stem = kind.strip_suffix(".*").unwrap_or(kind);
@@ -240,7 +250,7 @@ impl EntriesQuery {
         };
         Ok(AuditQuery {
             after,
-            before: None,
+            before: self.before,
             kind: self.kind.map(|k| match k.strip_suffix(".*") {
                 Some(stem) => format!("{stem}.*"),
                 None => k,
@@ -325,6 +335,7 @@ mod tests {
     fn entry_queries_are_validated_with_reasons() {
         let ok = EntriesQuery {
             after: Some(5),
+            before: Some(90),
             kind: Some("identity.*".to_owned()),
             since: Some("2025-06-01T12:00:00Z".to_owned()),
             ..query()
@@ -332,6 +343,7 @@ mod tests {
         .parse()
         .unwrap();
         assert_eq!((ok.after, ok.limit, ok.newest), (5, DEFAULT_PAGE, false));
+        assert_eq!(ok.before, Some(90));
         assert_eq!(ok.kind.as_deref(), Some("identity.*"));
         assert_eq!(ok.since.map(|t| t.unix_timestamp()), Some(1_748_779_200));
         let last = EntriesQuery {
@@ -367,6 +379,13 @@ mod tests {
                     ..query()
                 },
                 "0 or more",
+            ),
+            (
+                EntriesQuery {
+                    before: Some(0),
+                    ..query()
+                },
+                "1 or more",
             ),
             (
                 EntriesQuery {

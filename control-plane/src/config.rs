@@ -43,6 +43,122 @@ pub struct ControlPlaneConfig {
     /// Public keys a pushed policy bundle's signature must verify with (none: pushes
     /// are refused).
     pub policy_keys: Vec<PolicyKey>,
+    /// How long flows and audit entries are kept (`crate::retention`).
+    pub retention: RetentionConfig,
+}
+
+/// Retention settings; `None` keeps that data forever. Shown in seconds (`null`: forever).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetentionConfig {
+    /// Flows recorded longer ago than this are deleted.
+    #[serde(with = "opt_secs")]
+    pub flow_retention: Option<Duration>,
+    /// Audit entries older than this are pruned, up to a signed checkpoint.
+    #[serde(with = "opt_secs")]
+    pub audit_retention: Option<Duration>,
+    /// Time between retention passes (the first runs one interval after start).
+    #[serde(with = "secs")]
+    pub retention_interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            flow_retention: Some(DAY * 30),
+            audit_retention: None,
+            retention_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// Six years, counted generously (with two leap days): what HIPAA asks of audit records.
+pub const HIPAA_AUDIT_RETENTION: Duration = Duration::from_secs(2192 * 24 * 3600);
+
+/// The retention flags; `main` flattens them into its arguments and calls
+/// [`RetentionArgs::into_config`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    /// Delete flows older than this: a number with a unit s, m, h or d (e.g. 30d, 72h),
+    /// or `none` to keep them forever. At least 1h.
+    #[arg(long, value_name = "AGE", default_value = "30d")]
+    pub flow_retention: String,
+    /// Prune audit entries older than this (same form as --flow-retention, at least 1d),
+    /// up to the newest signed checkpoint before the cutoff, so `wardctl audit verify`
+    /// still passes. Default `none`: keep the audit log forever. HIPAA expects six years
+    /// of audit documentation (45 CFR 164.316(b)(2)): use 2192d or more.
+    #[arg(long, value_name = "AGE", default_value = "none")]
+    pub audit_retention: String,
+    /// Time between retention passes (same form, 1m to 1d).
+    #[arg(long, value_name = "INTERVAL", default_value = "1h")]
+    pub retention_interval: String,
+}
+
+impl RetentionArgs {
+    /// Validates the flags; every refusal names the flag and the accepted form.
+    pub fn into_config(self) -> Result<RetentionConfig, String> {
+        let at_least = |flag: &str, v: Option<Duration>, min: Duration, min_text: &str| match v {
+            Some(d) if d < min => Err(format!("--{flag} must be at least {min_text} or none")),
+            other => Ok(other),
+        };
+        let flow_retention = at_least(
+            "flow-retention",
+            parse_age("flow-retention", &self.flow_retention)?,
+            Duration::from_secs(3600),
+            "1h",
+        )?;
+        let audit_retention = at_least(
+            "audit-retention",
+            parse_age("audit-retention", &self.audit_retention)?,
+            DAY,
+            "1d",
+        )?;
+        let retention_interval = match parse_age("retention-interval", &self.retention_interval)? {
+            Some(d) if (Duration::from_secs(60)..=DAY).contains(&d) => d,
+            _ => return Err("--retention-interval must be between 1m and 1d, e.g. 1h".to_owned()),
+        };
+        Ok(RetentionConfig {
+            flow_retention,
+            audit_retention,
+            retention_interval,
+        })
+    }
+}
+
+/// `<n><unit>` with unit `s`, `m`, `h` or `d`; `none` for "keep forever". No months or
+/// years: their length varies, and a retention period must not come out a day short.
+pub fn parse_age(flag: &str, text: &str) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let bad = || {
+        format!(
+            "--{flag} {text:?} must be a whole number with a unit s, m, h or d (e.g. 30d, \
+             12h), or none"
+        )
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 24 * 3600,
+        _ => return Err(bad()),
+    };
+    // Beyond a few thousand years `now - age` stops being a date.
+    let secs = n
+        .checked_mul(unit_secs)
+        .filter(|&s| s <= 10_000 * 366 * 24 * 3600)
+        .ok_or_else(|| format!("--{flag} {text:?} is too long; use none to keep forever"))?;
+    if secs == 0 {
+        return Err(format!(
+            "--{flag} must be longer than 0; use none to keep forever"
+        ));
+    }
+    Ok(Some(Duration::from_secs(secs)))
 }
 
 /// A policy verification key: the `kid` bundles name and a SubjectPublicKeyInfo PEM file.
@@ -86,6 +202,7 @@ impl ControlPlaneConfig {
             token_review: None,
             injector: None,
             policy_keys: Vec::new(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -102,11 +219,115 @@ fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&wardmesh_store::redact_url(url))
 }
 
+mod opt_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 mod secs {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flows: &str, audit: &str, interval: &str) -> RetentionArgs {
+        RetentionArgs {
+            flow_retention: flows.to_owned(),
+            audit_retention: audit.to_owned(),
+            retention_interval: interval.to_owned(),
+        }
+    }
+
+    #[test]
+    fn retention_flags_default_to_thirty_days_of_flows_and_all_audit() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            retention: RetentionArgs,
+        }
+        let cfg = Cli::parse_from(["cp"]).retention.into_config().unwrap();
+        assert_eq!(cfg, RetentionConfig::default());
+        assert_eq!(cfg.flow_retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(cfg.audit_retention, None);
+        assert_eq!(cfg.retention_interval, Duration::from_secs(3600));
+        let cfg = Cli::parse_from([
+            "cp",
+            "--flow-retention",
+            "none",
+            "--audit-retention",
+            "2192d",
+            "--retention-interval",
+            "15m",
+        ])
+        .retention
+        .into_config()
+        .unwrap();
+        assert_eq!(cfg.flow_retention, None);
+        assert_eq!(cfg.audit_retention, Some(HIPAA_AUDIT_RETENTION));
+        assert_eq!(cfg.retention_interval, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn retention_flags_are_refused_with_the_flag_and_form() {
+        for (bad, says) in [
+            (
+                args("30", "none", "1h"),
+                "--flow-retention \"30\" must be a whole number",
+            ),
+            (args("30 days", "none", "1h"), "unit s, m, h or d"),
+            (args("1y", "none", "1h"), "unit s, m, h or d"),
+            (args("-1d", "none", "1h"), "whole number"),
+            (args("0d", "none", "1h"), "longer than 0"),
+            (
+                args("30m", "none", "1h"),
+                "--flow-retention must be at least 1h",
+            ),
+            (
+                args("30d", "12h", "1h"),
+                "--audit-retention must be at least 1d",
+            ),
+            (args("30d", "99999999999999d", "1h"), "too long"),
+            (
+                args("30d", "none", "none"),
+                "--retention-interval must be between 1m and 1d",
+            ),
+            (args("30d", "none", "10s"), "between 1m and 1d"),
+        ] {
+            let shown = format!("{bad:?}");
+            let err = bad.into_config().unwrap_err();
+            assert!(err.contains(says), "{shown}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_config_dump_shows_retention_in_seconds_and_forever_as_null() {
+        let cfg = ControlPlaneConfig::local(
+            std::path::Path::new("/var/lib/wardmesh"),
+            "127.0.0.1:7443".parse().unwrap(),
+        );
+        let dump = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(
+            dump["retention"],
+            serde_json::json!({
+                "flow_retention": 2_592_000,
+                "audit_retention": null,
+                "retention_interval": 3600,
+            })
+        );
     }
 }

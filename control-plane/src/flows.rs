@@ -149,6 +149,8 @@ pub struct FlowsQuery {
     pub purpose: Option<String>,
     /// `true` or `false`.
     pub break_glass: Option<String>,
+    /// Exact `x-request-id`: both agents' records of one request.
+    pub request_id: Option<String>,
     /// RFC 3339.
     pub since: Option<String>,
     pub until: Option<String>,
@@ -239,6 +241,7 @@ impl FlowsQuery {
             purpose: text("purpose", self.purpose)?,
             break_glass,
             subject_pseudonym: None,
+            request_id: text("request_id", self.request_id)?,
             since: time("since", &self.since)?,
             until: time("until", &self.until)?,
             limit,
@@ -276,3 +279,38 @@ fn peer_filter(param: &str, v: &str, td: &TrustDomain) -> Result<IdFilter, ApiFa
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::*;
+
+    #[test]
+    fn request_id_is_an_exact_filter_with_a_named_error() {
+        let td = SpiffeId::parse("spiffe://wardmesh.local/ns/clinic/sa/frontend")
+            .unwrap()
+            .trust_domain()
+            .clone();
+        let q = FlowsQuery {
+            request_id: Some("9f1c-42".into()),
+            ..FlowsQuery::default()
+        }
+        .parse(&td)
+        .unwrap();
+        assert_eq!(q.request_id.as_deref(), Some("9f1c-42"));
+        assert_eq!(FlowsQuery::default().parse(&td).unwrap().request_id, None);
+        for bad in [
+            String::new(),
+            "a\nb".to_owned(),
+            "x".repeat(MAX_FILTER_LEN + 1),
+        ] {
+            let err = FlowsQuery {
+                request_id: Some(bad),
+                ..FlowsQuery::default()
+            }
+            .parse(&td)
+            .unwrap_err();
+            assert_eq!((err.status.as_u16(), err.code), (400, "invalid_query"));
+            assert!(err.message.contains("`request_id`"), "{}", err.message);
+        }
+    }
+}

@@ -72,6 +72,8 @@ pub async fn serve(
             }
         });
     }
-    // Long polls end at their own deadline (≤ 60 s); don't wait longer than that.
+    // Refuse new connections at once (not leave them in the kernel's backlog while the
+    // open ones drain). Long polls end at their own deadline (≤ 60 s); don't wait for it.
+    drop(listener);
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }

@@ -25,6 +25,7 @@ use wardmesh_agent::config::{AgentConfig, AttestationConfig, SecretString};
 use wardmesh_agent::discovery::ServiceEntry;
 use wardmesh_agent::identity::WorkloadState;
 use wardmesh_agent::proxy::{InboundConfig, OutboundConfig};
+use wardmesh_agent::telemetry::TelemetryConfig;
 use wardmesh_identity::SpiffeId;
 
 use crate::TestCp;
@@ -38,13 +39,12 @@ pub struct TestAgent {
 }
 
 /// The data-plane config tests start from: both listeners on `127.0.0.1:0`, short
-/// timeouts so failure tests finish quickly, nothing allowed.
+/// timeouts so failure tests finish quickly, nothing allowed, flow telemetry spooled
+/// under the control plane's home.
 pub fn test_config(cp: &TestCp, id: &str, token: String) -> AgentConfig {
-    let bundle = cp.home.join(format!(
-        "bundle-{}-{:x}.pem",
-        id.rsplit('/').next().unwrap_or("agent"),
-        rand_tag()
-    ));
+    let name = id.rsplit('/').next().unwrap_or("agent");
+    let tag = rand_tag();
+    let bundle = cp.home.join(format!("bundle-{name}-{tag:x}.pem"));
     std::fs::write(&bundle, cp.bundle_pem()).unwrap();
     let mut cfg = AgentConfig::new(
         cp.url.clone(),
@@ -70,6 +70,10 @@ pub fn test_config(cp: &TestCp, id: &str, token: String) -> AgentConfig {
         drain_timeout_ms: 3_000,
         ..OutboundConfig::default()
     });
+    // Every test agent records flows, as a deployed one does.
+    cfg.telemetry = Some(TelemetryConfig::new(
+        cp.home.join(format!("spool-{name}-{tag:x}")),
+    ));
     cfg
 }
 

@@ -216,6 +216,8 @@ pub struct DataPlaneFile {
     pub policy: crate::policy::PolicyConfig,
     /// `[oidc]`: issuers whose bearer tokens identify end users.
     pub oidc: Option<crate::jwt::OidcConfig>,
+    /// `[telemetry]`: the flow-record spool.
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 impl DataPlaneFile {
@@ -252,6 +254,8 @@ pub struct DataPlaneOverrides {
     pub app: Option<SocketAddr>,
     /// Added to the file's `allow`.
     pub allow: Vec<SpiffeId>,
+    /// The spool directory; creates `[telemetry]` with defaults when the file has none.
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// The data plane `wardmesh-agent run` starts: both listeners, from the file's sections
@@ -263,6 +267,7 @@ pub struct EffectiveDataPlane {
     pub allow: Vec<SpiffeId>,
     pub policy: crate::policy::PolicyConfig,
     pub oidc: Option<crate::jwt::OidcConfig>,
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 impl DataPlaneFile {
@@ -284,12 +289,21 @@ impl DataPlaneFile {
                 allow.push(id);
             }
         }
+        let telemetry = match (self.telemetry, flags.spool_dir) {
+            (Some(t), Some(dir)) => Some(crate::telemetry::TelemetryConfig {
+                spool_dir: dir,
+                ..t
+            }),
+            (None, Some(dir)) => Some(crate::telemetry::TelemetryConfig::new(dir)),
+            (t, None) => t,
+        };
         EffectiveDataPlane {
             inbound,
             outbound,
             allow,
             policy: self.policy,
             oidc: self.oidc,
+            telemetry,
         }
     }
 }
@@ -387,6 +401,7 @@ spiffe_id = "spiffe://wardmesh.local/ns/clinic/sa/notes-api"
                 id("spiffe://wardmesh.local/ns/a/sa/x"),
                 id("spiffe://wardmesh.local/ns/a/sa/y"),
             ],
+            spool_dir: None,
         });
         assert_eq!(eff.inbound.listen.to_string(), "127.0.0.1:17143");
         assert_eq!(eff.inbound.app.unwrap().to_string(), "127.0.0.1:2");

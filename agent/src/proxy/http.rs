@@ -246,6 +246,7 @@ pub(crate) fn failure_status(outcome: Outcome) -> (StatusCode, &'static str) {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
         ),
+        Outcome::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
         // Not failures; listed so the match stays exhaustive.
         Outcome::Allowed | Outcome::Passthrough => (StatusCode::BAD_GATEWAY, "upstream_error"),
     }

@@ -14,8 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, Version};
-use http_body_util::BodyExt;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -23,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use wardmesh_identity::SpiffeId;
 use wardmesh_identity::svid::inspect_leaf;
 
@@ -33,10 +32,14 @@ use super::http::{self as h, ProxyBody};
 use super::lifecycle::{self, Limits, Stops};
 use super::tcp;
 use super::tls::{ALPN_H2, ALPN_TCP, TlsCache, classify_io};
-use crate::authz::{self, Gate, HttpFacts, RequestExtras};
+use crate::authz::{self, Gate, RequestExtras};
 use crate::clock::Clock;
 use crate::metrics::{Direction, HandshakeFailure, Outcome, Protocol, ProxyMetrics};
 use crate::routes::RouteTable;
+use crate::telemetry::Telemetry;
+use crate::telemetry::record::{TcpFlow, tcp_verdict};
+
+mod request;
 
 const DIR: Direction = Direction::Inbound;
 
@@ -48,6 +51,8 @@ pub(crate) struct Inbound {
     pub(crate) routes: RouteTable,
     pub(crate) metrics: ProxyMetrics,
     pub(crate) clock: Arc<dyn Clock>,
+    /// `None`: flow telemetry is off (no `[telemetry]` section).
+    pub(crate) telemetry: Option<Telemetry>,
     pub(crate) app_client: Client<HttpConnector, Incoming>,
     pub(crate) h1: hyper::server::conn::http1::Builder,
     pub(crate) h2: hyper::server::conn::http2::Builder<TokioExecutor>,
@@ -95,6 +100,7 @@ impl Inbound {
         gate: Gate,
         metrics: ProxyMetrics,
         clock: Arc<dyn Clock>,
+        telemetry: Option<Telemetry>,
     ) -> Self {
         // Validated with the config: a table that does not compile was refused there.
         let routes = RouteTable::new(&cfg.routes).unwrap_or_default();
@@ -122,6 +128,7 @@ impl Inbound {
             routes,
             metrics,
             clock,
+            telemetry,
             app_client,
             h1,
             h2,
@@ -294,150 +301,34 @@ impl Inbound {
         }
     }
 
-    async fn request(&self, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let version = req.version();
-        let protocol = if version == Version::HTTP_2 {
-            Protocol::Http2
-        } else {
-            Protocol::Http1
-        };
-        let (mut parts, body) = req.into_parts();
-        let request_id = h::request_id(&parts.headers);
-        let finish = |resp: Response<ProxyBody>, outcome: Outcome| {
-            self.metrics
-                .request(DIR, protocol, outcome, started.elapsed());
-            resp
-        };
-        if let (Some(id), Some(local)) = (&peer.id, &peer.local) {
-            let facts = HttpFacts {
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                protocol: protocol.as_str(),
-                headers: &parts.headers,
-            };
-            let now = self.clock.now();
-            let enriched =
-                match self
-                    .gate
-                    .enrich(&self.routes, parts.uri.path(), &parts.headers, now)
-                {
-                    Ok(e) => e,
-                    Err(e) => {
-                        self.metrics.unauthenticated(e.reason());
-                        info!(peer = %id, reason = e.reason(), request_id, "bearer token refused");
-                        return finish(h::unauthorized_response(&e, &request_id), Outcome::Denied);
-                    }
-                };
-            let input = authz::build_input(
-                id,
-                local,
-                peer.port,
-                Some(facts),
-                enriched.extras.clone(),
-                now,
-            );
-            let decision = self.gate.authz.decide(&input);
-            if !decision.allow {
-                info!(
-                    peer = %id,
-                    method = %parts.method,
-                    route = %enriched.route,
-                    rule = %decision.rule,
-                    policy_revision = %decision.policy_revision,
-                    dry_run = decision.dry_run,
-                    request_id,
-                    "request denied"
-                );
-                if decision.blocks() {
-                    self.metrics.deny(&decision.rule);
-                    return finish(h::deny_response(&decision, &request_id), Outcome::Denied);
-                }
-                self.metrics.dry_run_deny(&decision.rule);
-            }
-            if let Some(grant) = enriched
-                .break_glass_grant
-                .as_deref()
-                .filter(|_| decision.allow)
-            {
-                self.metrics.break_glass_use();
-                warn!(peer = %id, route = %enriched.route, grant_id = grant, rule = %decision.rule, request_id, "break-glass access");
-            }
-        }
-        let Some(app) = peer.app else {
-            let reason = "no application address: set inbound.app, or run in transparent mode";
-            return finish(
-                h::failure_response(Outcome::UpstreamUnavailable, reason, &request_id),
-                Outcome::UpstreamUnavailable,
-            );
-        };
-        if let Err(e) = h::to_app_request(&mut parts, app, peer.id.as_ref(), &request_id) {
-            let reason = format!("cannot forward this request: {e}");
-            return finish(
-                h::failure_response(Outcome::BadRequest, &reason, &request_id),
-                Outcome::BadRequest,
-            );
-        }
-        let req = Request::from_parts(parts, body);
-        let sent = tokio::time::timeout(self.cfg.upstream_timeout(), self.app_client.request(req));
-        let (outcome, reason) = match sent.await {
-            Ok(Ok(mut resp)) => {
-                h::fix_response(&mut resp, version, &request_id);
-                // Only the agent speaks for the agent.
-                resp.headers_mut().remove(&h::ERROR_HEADER);
-                let outcome = if peer.id.is_some() {
-                    Outcome::Allowed
-                } else {
-                    Outcome::Passthrough
-                };
-                return finish(resp.map(|b| b.map_err(Into::into).boxed_unsync()), outcome);
-            }
-            Ok(Err(e)) if e.is_connect() => (
-                Outcome::UpstreamUnavailable,
-                format!("cannot connect to the application at {app}"),
-            ),
-            Ok(Err(e)) => (
-                Outcome::UpstreamError,
-                format!("the application at {app} failed: {}", error_chain(&e)),
-            ),
-            Err(_) => (
-                Outcome::UpstreamTimeout,
-                format!(
-                    "the application at {app} sent no response within {:?}",
-                    self.cfg.upstream_timeout()
-                ),
-            ),
-        };
-        debug!(outcome = outcome.as_str(), %reason, request_id, "upstream failure");
-        finish(h::failure_response(outcome, &reason, &request_id), outcome)
-    }
-
     /// Opaque TCP: identity-only authorization (skipped without identity on a
-    /// permissive port), then bytes both ways.
+    /// permissive port), then bytes both ways; one flow record when the connection ends.
     async fn tcp<S>(&self, client: S, peer: &Peer, stops: &Stops, limits: Limits<'_>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let started = Instant::now();
+        let at = self.clock.now();
         let record = |o: Outcome| {
             self.metrics
                 .request(DIR, Protocol::Tcp, o, started.elapsed())
         };
-        if let (Some(id), Some(local)) = (&peer.id, &peer.local) {
-            let input = authz::build_input(
-                id,
-                local,
-                peer.port,
-                None,
-                RequestExtras::default(),
-                self.clock.now(),
-            );
-            let decision = self.gate.authz.decide(&input);
-            if decision.blocks() {
-                self.metrics.deny(&decision.rule);
-                info!(peer = %id, rule = %decision.rule, policy_revision = %decision.policy_revision, "tcp connection denied");
-                return record(Outcome::Denied);
+        let decision = match (&peer.id, &peer.local) {
+            (Some(id), Some(local)) => {
+                let input =
+                    authz::build_input(id, local, peer.port, None, RequestExtras::default(), at);
+                Some(self.gate.authz.decide(&input))
             }
+            _ => None,
+        };
+        let flow = self.tcp_flow(peer, at, decision.as_ref());
+        if let (Some(d), Some(id)) = (&decision, &peer.id)
+            && d.blocks()
+        {
+            self.metrics.deny(&d.rule);
+            info!(peer = %id, rule = %d.rule, policy_revision = %d.policy_revision, "tcp connection denied");
+            self.tcp_record(flow, started, 0, 0).await;
+            return record(Outcome::Denied);
         }
         let Some(app) = peer.app else {
             debug!("no application address for an opaque TCP connection");
@@ -458,8 +349,47 @@ impl Inbound {
         } else {
             Outcome::Passthrough
         });
-        let copy = tcp::splice(client, upstream);
+        let counted = tcp::Counted::new(client);
+        let bytes = counted.counters();
+        let copy = tcp::splice(counted, upstream);
         log_end(lifecycle::supervise(copy, |_| {}, stops, limits, &self.metrics, DIR).await);
+        let (bytes_in, bytes_out) = bytes.get();
+        self.tcp_record(flow, started, bytes_in, bytes_out).await;
+    }
+
+    fn tcp_flow(
+        &self,
+        peer: &Peer,
+        at: time::OffsetDateTime,
+        decision: Option<&authz::Decision>,
+    ) -> Option<TcpFlow> {
+        self.telemetry.as_ref()?;
+        let destination = peer.local.clone().or_else(|| self.tls.local_id())?;
+        let (verdict, policy_revision, rule) = tcp_verdict(decision);
+        Some(TcpFlow {
+            at,
+            source: peer.id.as_ref().map(ToString::to_string),
+            destination: destination.to_string(),
+            verdict,
+            policy_revision,
+            rule,
+        })
+    }
+
+    /// Connection records are fail-open: the bytes have already flowed.
+    async fn tcp_record(
+        &self,
+        flow: Option<TcpFlow>,
+        started: Instant,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        if let (Some(t), Some(f)) = (&self.telemetry, flow) {
+            let r = f.finish(rand::random(), started.elapsed(), bytes_in, bytes_out);
+            if let Err(e) = t.record(&r, false).await {
+                debug!(error = %e, "tcp flow record not written");
+            }
+        }
     }
 }
 

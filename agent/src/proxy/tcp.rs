@@ -4,9 +4,13 @@
 //! FIN keep working.
 
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, copy_bidirectional};
 use tokio::net::TcpStream;
 
 /// Copies between `a` and `b` until both directions finished.
@@ -16,6 +20,77 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     copy_bidirectional(&mut a, &mut b).await.map(|_| ())
+}
+
+/// Byte counters of a [`Counted`] stream, readable after the stream is gone (the copy
+/// may be cancelled by a drain or quarantine).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters(Arc<(AtomicU64, AtomicU64)>);
+
+impl Counters {
+    /// (bytes read from the stream, bytes written to it).
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.0.0.load(Ordering::Relaxed),
+            self.0.1.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A stream that counts the bytes read from and written to it.
+#[derive(Debug)]
+pub(crate) struct Counted<S> {
+    inner: S,
+    counters: Counters,
+}
+
+impl<S> Counted<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self {
+            inner,
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn counters(&self) -> Counters {
+        self.counters.clone()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.counters.0.0.fetch_add(n, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counters.0.1.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Connects to `addr` within `timeout` (a `TimedOut` error otherwise).

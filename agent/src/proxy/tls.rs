@@ -85,6 +85,11 @@ impl TlsCache {
         &self.identity
     }
 
+    /// This workload's SPIFFE ID now; `None` before the first certificate.
+    pub(crate) fn local_id(&self) -> Option<SpiffeId> {
+        self.identity.current().map(|s| s.spiffe_id.clone())
+    }
+
     /// The configs for the identity published now; `None` before the first certificate.
     pub(crate) fn current(&self) -> Option<Arc<MeshTls>> {
         let state = self.identity.current()?;

@@ -21,6 +21,7 @@ fn record(n: u64) -> FlowRecord {
     FlowRecord {
         id: new_record_id((u128::from(n) << 32) | 0xabcd),
         at: OffsetDateTime::from_unix_timestamp(1_750_000_000 + n as i64).unwrap(),
+        request_id: None,
         kind: FlowKind::Http,
         direction: FlowDirection::Inbound,
         source: Some("spiffe://wardmesh.local/ns/clinic/sa/frontend".into()),

@@ -1,23 +1,28 @@
-//! `wardctl audit log` and `wardctl audit verify`.
+//! `wardctl audit log`, `wardctl audit disclosures` and `wardctl audit verify`.
 //!
 //! `verify` trusts nothing the control plane says about integrity: it downloads the entries
 //! and checkpoints (paged), recomputes every hash locally and checks every checkpoint
 //! signature against a key pinned on this machine.
 
+use std::io::{BufRead as _, Read as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use wardmesh_control_plane::audit::{
     AuditPublicKey, AuditVerifier, MAX_PAGE, VerifyReport, checkpoint_from_api, entry_from_api,
 };
+use wardmesh_identity::TrustDomain;
 use wardmesh_proto::audit::{AuditCheckpoint, AuditCheckpoints, AuditEntry, AuditKey};
+use wardmesh_proto::disclosure::{
+    Disclosure, DisclosurePage, DisclosureRequest, MAX_SUBJECT_LEN, check_subject,
+};
 use wardmesh_proto::paths;
 
-use crate::args::{AuditCommand, Global, Output};
+use crate::args::{AuditCommand, Format, Global, Output, rfc3339_utc};
 use crate::client::Client;
-use crate::output::{print, rfc3339};
+use crate::cmd::flows::{short_id, time_cell, verdict_cell};
+use crate::output::{print_rows, rfc3339};
 
 /// Where the key is pinned on first use.
 const PINNED_KEY_FILE: &str = "audit-key.pub";
@@ -26,8 +31,52 @@ const DEFAULT_LAST: u32 = 100;
 pub async fn run(g: &Global, c: AuditCommand) -> anyhow::Result<()> {
     let client = Client::new(g)?;
     match c {
-        AuditCommand::Log { kind, since, last } => log(g, &client, kind, since, last).await,
+        AuditCommand::Log {
+            kind,
+            actor,
+            since,
+            until,
+            last,
+        } => {
+            let filter = LocalFilter { actor, until };
+            log(g, &client, kind, since, filter, last).await
+        }
+        AuditCommand::Disclosures {
+            subject,
+            since,
+            until,
+            include_denied,
+        } => {
+            let subject = read_subject(&subject)?;
+            disclosures(g, &client, subject, since, until, include_denied).await
+        }
         AuditCommand::Verify { key } => verify(g, &client, key).await,
+    }
+}
+
+/// The filters the API lacks, applied by wardctl to the entries it reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct LocalFilter {
+    /// Exact, or a prefix ending in `*`.
+    actor: Option<String>,
+    /// Exclusive.
+    until: Option<OffsetDateTime>,
+}
+
+impl LocalFilter {
+    fn is_empty(&self) -> bool {
+        self.actor.is_none() && self.until.is_none()
+    }
+
+    fn matches(&self, e: &AuditEntry) -> bool {
+        let actor_ok = match self.actor.as_deref() {
+            None => true,
+            Some(a) => match a.strip_suffix('*') {
+                Some(prefix) => e.actor.starts_with(prefix),
+                None => e.actor == a,
+            },
+        };
+        actor_ok && self.until.is_none_or(|u| e.at < u)
     }
 }
 
@@ -35,39 +84,66 @@ async fn log(
     g: &Global,
     client: &Client,
     kind: Option<String>,
-    since: Option<String>,
+    since: Option<OffsetDateTime>,
+    filter: LocalFilter,
     last: Option<u32>,
 ) -> anyhow::Result<()> {
     let mut query = Vec::new();
     if let Some(kind) = kind {
         query.push(("kind", kind));
     }
-    if let Some(since) = &since {
-        query.push(("since", parse_since(since, OffsetDateTime::now_utc())?));
+    if let Some(since) = since {
+        query.push(("since", rfc3339_utc(since)));
     }
-    let last = match (last, &since) {
+    let last = match (last, since) {
         (Some(n), _) => Some(n),
         (None, None) => Some(DEFAULT_LAST),
         (None, Some(_)) => None,
     };
     let rows: Vec<AuditEntry> = match last {
         Some(n) if n == 0 || n > MAX_PAGE => bail!("--last must be between 1 and {MAX_PAGE}"),
-        Some(n) => {
+        Some(n) if filter.is_empty() => {
             query.push(("last", n.to_string()));
             client.get(paths::AUDIT_ENTRIES, &query).await?
         }
-        None => {
-            let mut all = Vec::new();
+        // The newest N that pass the local filter: read backwards, page by page.
+        Some(n) => {
+            let mut found: Vec<AuditEntry> = Vec::new();
+            let mut before: Option<i64> = None;
             loop {
                 let mut q = query.clone();
-                q.push((
-                    "after",
-                    all.last().map_or(0, |e: &AuditEntry| e.seq).to_string(),
-                ));
+                q.push(("last", MAX_PAGE.to_string()));
+                if let Some(b) = before {
+                    q.push(("before", b.to_string()));
+                }
+                let page: Vec<AuditEntry> = client.get(paths::AUDIT_ENTRIES, &q).await?;
+                let Some(oldest) = page.first().map(|e| e.seq) else {
+                    break;
+                };
+                let short = page.len() < MAX_PAGE as usize;
+                let mut hits: Vec<AuditEntry> =
+                    page.into_iter().filter(|e| filter.matches(e)).collect();
+                hits.append(&mut found);
+                found = hits;
+                if found.len() >= n as usize || short || oldest <= 1 {
+                    break;
+                }
+                before = Some(oldest);
+            }
+            let skip = found.len().saturating_sub(n as usize);
+            found.split_off(skip)
+        }
+        None => {
+            let mut all = Vec::new();
+            let mut after = 0;
+            loop {
+                let mut q = query.clone();
+                q.push(("after", after.to_string()));
                 q.push(("limit", MAX_PAGE.to_string()));
                 let page: Vec<AuditEntry> = client.get(paths::AUDIT_ENTRIES, &q).await?;
                 let done = page.len() < MAX_PAGE as usize;
-                all.extend(page);
+                after = page.last().map_or(after, |e| e.seq);
+                all.extend(page.into_iter().filter(|e| filter.matches(e)));
                 if done {
                     break all;
                 }
@@ -87,12 +163,115 @@ async fn log(
             ]
         })
         .collect();
-    print(
-        g.output,
+    print_rows(
+        g.format,
         &rows,
         &["SEQ", "AT", "KIND", "ACTOR", "SUBJECT", "DETAIL"],
         cells,
     )
+}
+
+/// `--subject`: the id itself, or `-` for the first line of stdin (keeps it out of shell
+/// history and the process list). Checked here too, so a bad one costs no request; the
+/// message never repeats the id.
+fn read_subject(arg: &str) -> anyhow::Result<String> {
+    let subject = if arg == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .take(MAX_SUBJECT_LEN as u64 + 2)
+            .read_line(&mut line)
+            .context("reading the subject from stdin")?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        arg.to_owned()
+    };
+    check_subject(&subject).map_err(|why| anyhow!("--subject: {why}"))?;
+    Ok(subject.trim().to_owned())
+}
+
+pub const DISCLOSURE_HEADERS: [&str; 11] = [
+    "TIME",
+    "USER",
+    "PURPOSE",
+    "SOURCE",
+    "DESTINATION",
+    "METHOD",
+    "ROUTE",
+    "STATUS",
+    "VERDICT",
+    "RULE",
+    "BG",
+];
+
+async fn disclosures(
+    g: &Global,
+    client: &Client,
+    subject: String,
+    since: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+    include_denied: bool,
+) -> anyhow::Result<()> {
+    if let (Some(s), Some(u)) = (since, until)
+        && s >= u
+    {
+        bail!("--since must be before --until");
+    }
+    // Every page, so the accounting is complete.
+    let mut all: Vec<Disclosure> = Vec::new();
+    let mut after = 0;
+    loop {
+        let req = DisclosureRequest {
+            subject: subject.clone(),
+            since,
+            until,
+            after: Some(after),
+            limit: Some(MAX_PAGE),
+            include_denied,
+        };
+        let page: DisclosurePage = client.post(paths::AUDIT_DISCLOSURES, &req).await?;
+        let done = page.disclosures.len() < MAX_PAGE as usize;
+        after = page.next_after;
+        all.extend(page.disclosures);
+        if done {
+            break;
+        }
+    }
+    let td = match g.format {
+        Format::Table => client.trust_domain().await,
+        Format::Json | Format::Jsonl => None,
+    };
+    if all.is_empty() && g.format == Format::Table {
+        eprintln!(
+            "no {}accesses recorded for this subject{}; the id must match the one in request \
+             paths exactly",
+            if include_denied { "" } else { "released " },
+            if since.is_some() || until.is_some() {
+                " in this period"
+            } else {
+                ""
+            },
+        );
+    }
+    let cells = all.iter().map(|d| disclosure_row(d, td.as_ref())).collect();
+    print_rows(g.format, &all, &DISCLOSURE_HEADERS, cells)
+}
+
+fn disclosure_row(d: &Disclosure, td: Option<&TrustDomain>) -> Vec<String> {
+    let dash = || "-".to_owned();
+    vec![
+        time_cell(d.at),
+        d.user.clone().unwrap_or_else(dash),
+        d.purpose.clone().unwrap_or_else(dash),
+        d.source.as_deref().map_or_else(dash, |s| short_id(s, td)),
+        short_id(&d.destination, td),
+        d.method.clone().unwrap_or_else(dash),
+        d.route.clone().unwrap_or_else(dash),
+        d.status.map_or_else(dash, |s| s.to_string()),
+        verdict_cell(d.verdict).to_owned(),
+        d.rule.clone().unwrap_or_else(dash),
+        if d.break_glass { "yes" } else { "-" }.to_owned(),
+    ]
 }
 
 /// The detail as compact JSON, cut to fit a table row.
@@ -104,29 +283,6 @@ fn short_detail(detail: &serde_json::Value) -> String {
     }
     let cut: String = text.chars().take(MAX - 1).collect();
     format!("{cut}…")
-}
-
-/// `--since`: an RFC 3339 time, or an age (`90s`, `10m`, `2h`, `7d`) before `now`.
-fn parse_since(text: &str, now: OffsetDateTime) -> anyhow::Result<String> {
-    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(t.to_offset(time::UtcOffset::UTC).format(&Rfc3339)?);
-    }
-    let bad = || {
-        anyhow!(
-            "--since {text:?}: use an RFC 3339 time (2025-06-01T12:00:00Z) or an age like 30s, 10m, 2h, 7d"
-        )
-    };
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = text.split_at(split);
-    let n: i64 = n.parse().map_err(|_| bad())?;
-    let age = match unit {
-        "s" => time::Duration::seconds(n),
-        "m" => time::Duration::minutes(n),
-        "h" => time::Duration::hours(n),
-        "d" => time::Duration::days(n),
-        _ => return Err(bad()),
-    };
-    Ok((now - age).format(&Rfc3339)?)
 }
 
 async fn verify(g: &Global, client: &Client, key_file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -252,19 +408,87 @@ async fn pinned_key(
 mod tests {
     use super::*;
 
+    fn entry(seq: i64, actor: &str, minute: i64) -> AuditEntry {
+        AuditEntry {
+            seq,
+            at: OffsetDateTime::from_unix_timestamp(1_750_000_000 + minute * 60).unwrap(),
+            kind: "phi.access".into(),
+            actor: actor.into(),
+            subject: "ab".repeat(32),
+            detail: serde_json::json!({}),
+            prev_hash: "0".repeat(64),
+            hash: "1".repeat(64),
+        }
+    }
+
     #[test]
-    fn since_takes_times_and_ages() {
-        let now = OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap();
+    fn local_filters_match_actors_and_times() {
+        let e = entry(1, "operator:alice", 10);
+        assert!(LocalFilter::default().is_empty());
+        assert!(LocalFilter::default().matches(&e));
+        let actor = |a: &str| LocalFilter {
+            actor: Some(a.into()),
+            until: None,
+        };
+        assert!(actor("operator:alice").matches(&e));
+        assert!(actor("operator:*").matches(&e));
+        assert!(!actor("operator:al").matches(&e));
+        assert!(!actor("user:*").matches(&e));
+        let until = |minute: i64| LocalFilter {
+            actor: None,
+            until: Some(OffsetDateTime::from_unix_timestamp(1_750_000_000 + minute * 60).unwrap()),
+        };
+        assert!(until(11).matches(&e));
+        assert!(!until(10).matches(&e), "until is exclusive");
+    }
+
+    #[test]
+    fn disclosure_rows_name_who_when_and_why() {
+        let d = Disclosure {
+            seq: 4,
+            at: OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap(),
+            source: Some("spiffe://wardmesh.local/ns/clinic/sa/frontend".into()),
+            destination: "spiffe://wardmesh.local/ns/records/sa/notes".into(),
+            method: Some("GET".into()),
+            route: Some("/patients/{patient}/notes".into()),
+            status: Some(200),
+            verdict: wardmesh_proto::flow::Verdict::DryRun,
+            user: Some("dr-ada".into()),
+            purpose: Some("ETREAT".into()),
+            policy_revision: Some("rev-1".into()),
+            rule: None,
+            break_glass: true,
+            request_id: None,
+        };
+        let td = TrustDomain::new("wardmesh.local").unwrap();
         assert_eq!(
-            parse_since("2025-06-01T12:00:00+02:00", now).unwrap(),
-            "2025-06-01T10:00:00Z"
+            disclosure_row(&d, Some(&td)),
+            [
+                "2025-06-15T15:06:40.000Z",
+                "dr-ada",
+                "ETREAT",
+                "clinic/frontend",
+                "records/notes",
+                "GET",
+                "/patients/{patient}/notes",
+                "200",
+                "dry-run",
+                "-",
+                "yes",
+            ]
         );
-        assert_eq!(parse_since("90s", now).unwrap(), "2025-06-15T15:05:10Z");
-        assert_eq!(parse_since("2h", now).unwrap(), "2025-06-15T13:06:40Z");
-        assert_eq!(parse_since("7d", now).unwrap(), "2025-06-08T15:06:40Z");
-        for bad in ["yesterday", "10", "5w", "h", ""] {
-            let err = parse_since(bad, now).unwrap_err().to_string();
-            assert!(err.contains("RFC 3339"), "{bad}: {err}");
+        let table = crate::output::table(&DISCLOSURE_HEADERS, &[disclosure_row(&d, None)]);
+        assert!(table.starts_with("TIME  "), "{table}");
+        assert!(table.contains("spiffe://wardmesh.local/ns/clinic/sa/frontend"));
+    }
+
+    #[test]
+    fn subjects_are_checked_before_sending_and_never_repeated() {
+        assert_eq!(read_subject(" p-2001 ").unwrap(), "p-2001");
+        for bad in ["", "p-2001\u{7}", &"x".repeat(MAX_SUBJECT_LEN + 1)] {
+            let err = read_subject(bad).unwrap_err().to_string();
+            assert!(err.starts_with("--subject: subject "), "{err}");
+            assert!(!err.contains("p-2001"), "{err}");
         }
     }
 

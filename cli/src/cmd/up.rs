@@ -6,6 +6,7 @@
 //! batch, prints what happened and stops.
 
 mod demo;
+mod flows;
 mod policy;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use wardmesh_agent::app::RunningAgent;
 use wardmesh_agent::config::{AgentConfig, AttestationConfig, SecretString};
 use wardmesh_agent::discovery::ServiceEntry;
 use wardmesh_agent::proxy::{InboundConfig, OutboundConfig};
+use wardmesh_agent::telemetry::TelemetryConfig;
 use wardmesh_control_plane::ControlPlaneConfig;
 use wardmesh_control_plane::operator::Operator;
 use wardmesh_identity::ca::{CaDir, CaLifetimes};
@@ -81,6 +83,7 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
     let id_of = |(ns, sa): (&str, &str)| SpiffeId::workload(&td, ns, sa);
     let mesh = Mesh {
         cp: &cp,
+        home,
         url: &url,
         bundle: &bundle_path,
         admin_port: a.admin_port,
@@ -201,6 +204,8 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
             }
         }
         print_tallies(&callers, &tallies);
+        let sent = u64::from(ONCE_REQUESTS) * callers.len() as u64;
+        flows::show_recent(&cp, sent).await?;
         drop(callers);
         shutdown(agents, cp).await;
         return Ok(());
@@ -232,6 +237,7 @@ async fn shutdown(
 
 struct Mesh<'a> {
     cp: &'a wardmesh_control_plane::RunningControlPlane,
+    home: &'a std::path::Path,
     url: &'a str,
     bundle: &'a std::path::Path,
     admin_port: u16,
@@ -270,6 +276,12 @@ impl Mesh<'_> {
                 .context("--admin-port too high for the demo agents")?,
         };
         ac.admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        // Each agent spools its flow records on disk before shipping them.
+        ac.telemetry = Some(TelemetryConfig::new(self.home.join("spool").join(format!(
+            "{}-{}",
+            id.namespace().unwrap_or("ns"),
+            id.service_account().unwrap_or("sa")
+        ))));
         Ok(ac)
     }
 }

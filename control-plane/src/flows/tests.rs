@@ -18,6 +18,7 @@ fn record(n: u128) -> FlowRecord {
     FlowRecord {
         id: new_record_id(n + 1),
         at: OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap(),
+        request_id: None,
         kind: FlowKind::Http,
         direction: FlowDirection::Inbound,
         source: Some(CALLER.into()),

@@ -7,8 +7,8 @@ use super::InjectParams;
 use super::annotations::{self, INJECTED_LABEL, TRUST_BUNDLE};
 use super::jsonpatch::{PatchOp, escape};
 use super::spec::{
-    AGENT_CONTAINER, AGENT_UID, IDENTITY_VOLUME, INIT_CONTAINER, XTABLES_VOLUME, agent_container,
-    init_container, volumes,
+    AGENT_CONTAINER, AGENT_UID, IDENTITY_VOLUME, INIT_CONTAINER, SPOOL_VOLUME, XTABLES_VOLUME,
+    agent_container, init_container, volumes,
 };
 
 /// What to do with a pod.
@@ -79,7 +79,7 @@ pub fn decide(pod: &Value, namespace: &str, p: &InjectParams) -> Decision {
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    if let Some(v) = [IDENTITY_VOLUME, XTABLES_VOLUME]
+    if let Some(v) = [IDENTITY_VOLUME, XTABLES_VOLUME, SPOOL_VOLUME]
         .into_iter()
         .find(|v| existing_volumes.iter().any(|e| named(e, v)))
     {

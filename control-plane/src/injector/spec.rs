@@ -12,6 +12,10 @@ pub const AGENT_CONTAINER: &str = "wardmesh-agent";
 pub const INIT_CONTAINER: &str = "wardmesh-init";
 pub const IDENTITY_VOLUME: &str = "wardmesh-identity";
 pub const XTABLES_VOLUME: &str = "wardmesh-xtables";
+/// The flow-record spool: an emptyDir on disk, so records survive an agent crash or
+/// container restart (not the pod's deletion: the shipper drains it within seconds).
+pub const SPOOL_VOLUME: &str = "wardmesh-spool";
+pub const SPOOL_DIR: &str = "/var/lib/wardmesh/spool";
 /// The agent's UID: `init-iptables` exempts this UID's traffic from redirection, so the
 /// application must never run as it.
 pub const AGENT_UID: i64 = 1337;
@@ -45,6 +49,7 @@ pub fn agent_container(p: &InjectParams, a: &Annotations) -> Value {
             &format!("127.0.0.1:{}", ports::AGENT_OUTBOUND),
         ),
         json!({"name": "WARDMESH_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        var("WARDMESH_SPOOL_DIR", SPOOL_DIR),
     ];
     if let Some(r) = &a.routes {
         env.push(var("WARDMESH_ROUTES", r));
@@ -89,6 +94,7 @@ pub fn agent_container(p: &InjectParams, a: &Annotations) -> Value {
         },
         "volumeMounts": [
             {"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR, "readOnly": true},
+            {"name": SPOOL_VOLUME, "mountPath": SPOOL_DIR},
         ],
     })
 }
@@ -139,7 +145,8 @@ pub fn init_container(p: &InjectParams, a: &Annotations) -> Value {
 }
 
 /// The projected token (audience `wardmesh`, short expiry) and the trust bundle, read
-/// back from the pod's own annotation through the downward API; and iptables' scratch.
+/// back from the pod's own annotation through the downward API; iptables' scratch; the
+/// flow spool.
 pub fn volumes() -> Vec<Value> {
     vec![
         json!({
@@ -160,6 +167,8 @@ pub fn volumes() -> Vec<Value> {
             },
         }),
         json!({"name": XTABLES_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        // Room for the agent's default spool limit (256 MiB) and its segment slack.
+        json!({"name": SPOOL_VOLUME, "emptyDir": {"sizeLimit": "300Mi"}}),
     ]
 }
 

@@ -103,6 +103,7 @@ fn replicaset_pod_gets_agent_and_init_without_losing_labels() {
             "/spec/containers/-",
             "/spec/volumes/-",
             "/spec/volumes/-",
+            "/spec/volumes/-",
         ]
     );
     let out = injected(&pod);
@@ -149,6 +150,17 @@ fn replicaset_pod_gets_agent_and_init_without_losing_labels() {
     let token = &vols[1]["projected"]["sources"][0]["serviceAccountToken"];
     assert_eq!(token["audience"], "wardmesh");
     assert_eq!(token["expirationSeconds"], 600);
+    // The spool survives agent restarts: an on-disk emptyDir, mounted where the agent
+    // is told to spool.
+    assert_eq!(vols[3]["name"], "wardmesh-spool");
+    assert!(
+        vols[3]["emptyDir"].get("medium").is_none(),
+        "on disk, not tmpfs"
+    );
+    assert_eq!(
+        env(agent, "WARDMESH_SPOOL_DIR").unwrap()["value"],
+        "/var/lib/wardmesh/spool"
+    );
 }
 
 #[test]
@@ -160,7 +172,7 @@ fn bare_pod_gets_whole_maps_where_none_existed() {
     assert_eq!(ops[2].path, "/spec/initContainers");
     let out = injected(&pod);
     assert_eq!(out["spec"]["initContainers"].as_array().unwrap().len(), 1);
-    assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 2);
+    assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 3);
 
     // No metadata at all (a template written by hand): one empty map first, then keys.
     let bare = json!({"spec": {"containers": [{"name": "app", "image": "x"}]}});
@@ -308,7 +320,7 @@ fn review_returns_a_base64_json_patch_for_create_and_dry_run() {
             serde_json::from_slice(&STANDARD.decode(r["patch"].as_str().unwrap()).unwrap())
                 .unwrap();
         assert_eq!(patch[0]["op"], "add");
-        assert_eq!(patch.as_array().unwrap().len(), 6);
+        assert_eq!(patch.as_array().unwrap().len(), 7);
     }
 }
 

@@ -29,6 +29,7 @@ pub const PSEUDONYM_LEN: usize = 64;
 const MAX_ID_LEN: usize = 2048;
 const MAX_FIELD_LEN: usize = 512;
 const MAX_METHOD_LEN: usize = 32;
+const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// What the authorizer decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -127,6 +128,10 @@ pub struct FlowRecord {
     /// When the request arrived (TCP: when the connection was accepted).
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// The request's `x-request-id` (HTTP; set by the caller's agent when absent), so an
+    /// operator can follow one request through both agents' records and the app's logs.
+    #[serde(default)]
+    pub request_id: Option<String>,
     pub kind: FlowKind,
     pub direction: FlowDirection,
     /// The caller's SPIFFE ID; `None` when it presented none (permissive port).
@@ -240,6 +245,7 @@ impl FlowRecord {
             check_id("source", source)?;
         }
         check_id("destination", &self.destination)?;
+        check_text("request_id", self.request_id.as_deref(), MAX_REQUEST_ID_LEN)?;
         check_text("method", self.method.as_deref(), MAX_METHOD_LEN)?;
         if let Some(m) = &self.method
             && !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-')
@@ -257,11 +263,14 @@ impl FlowRecord {
             ));
         }
         if self.kind == FlowKind::Tcp
-            && (self.method.is_some() || self.route.is_some() || self.status.is_some())
+            && (self.method.is_some()
+                || self.route.is_some()
+                || self.status.is_some()
+                || self.request_id.is_some())
         {
             return Err(invalid(
                 "kind",
-                "a tcp record has no method, route or status",
+                "a tcp record has no method, route, status or request id",
             ));
         }
         if let Some(status) = self.status

@@ -4,6 +4,7 @@
 //! error, not a silently ignored setting.
 
 pub mod audit;
+pub mod disclosure;
 pub mod flow;
 pub mod identity;
 pub mod operator;
@@ -34,6 +35,9 @@ pub mod paths {
     pub const AUDIT_ENTRIES: &str = "/v1/audit/entries";
     pub const AUDIT_CHECKPOINTS: &str = "/v1/audit/checkpoints";
     pub const AUDIT_KEY: &str = "/v1/audit/key";
+    /// Accounting of disclosures (auditor): `POST` so the patient id travels in the body,
+    /// never in a URL ([`crate::disclosure::DisclosureRequest`]).
+    pub const AUDIT_DISCLOSURES: &str = "/v1/audit/disclosures";
     /// Agents `POST` flow record batches; operators `GET` them (viewer).
     pub const FLOWS: &str = "/v1/flows";
     /// Operators `GET` the policy status (viewer) and `POST` a signed bundle

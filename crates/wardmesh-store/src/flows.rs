@@ -1,7 +1,8 @@
 //! Flow telemetry in the store: what a query asks for, what an ingest did, and what both
 //! backends share — the `SELECT` built from a [`FlowQuery`] and the conversion of stored
 //! columns back into records. The statements are in `sqlite/flows.rs` and
-//! `postgres/flows.rs`; the schema in `schema/<backend>/0004_flows.sql`.
+//! `postgres/flows.rs`; the schema in `schema/<backend>/0004_flows.sql` (and
+//! `0005_flow_request_id.sql`, which added `request_id` as the last column).
 
 mod bench;
 
@@ -20,7 +21,7 @@ pub(crate) const PRUNE_CHUNK: i64 = 5_000;
 /// The columns every flow query selects, in this order (see [`RawFlow`]).
 pub(crate) const FLOW_COLUMNS: &str = "seq, id, at_us, kind, direction, source, destination, \
      method, route, status, verdict, policy_revision, rule, latency_us, bytes_in, bytes_out, \
-     user_subject, purpose, break_glass, subject_pseudonym";
+     user_subject, purpose, break_glass, subject_pseudonym, request_id";
 
 /// What [`Store::ingest_flows`](crate::Store::ingest_flows) did:
 /// `inserted + duplicates` is the number of records given.
@@ -94,6 +95,8 @@ pub struct FlowQuery {
     pub purpose: Option<String>,
     pub break_glass: Option<bool>,
     pub subject_pseudonym: Option<String>,
+    /// Exact `x-request-id`: both agents' records of one request.
+    pub request_id: Option<String>,
     /// Only flows at or after this instant (record time).
     pub since: Option<OffsetDateTime>,
     /// Only flows strictly before this instant.
@@ -155,6 +158,7 @@ pub(crate) fn flow_query(
         ("user_subject", &q.user),
         ("purpose", &q.purpose),
         ("subject_pseudonym", &q.subject_pseudonym),
+        ("request_id", &q.request_id),
     ] {
         if let Some(v) = value {
             push(
@@ -209,6 +213,7 @@ pub(crate) struct RawFlow {
     pub(crate) purpose: Option<String>,
     pub(crate) break_glass: bool,
     pub(crate) subject_pseudonym: Option<String>,
+    pub(crate) request_id: Option<String>,
 }
 
 impl RawFlow {
@@ -231,6 +236,7 @@ impl RawFlow {
             record: FlowRecord {
                 id: self.id,
                 at: from_micros(self.at_us)?,
+                request_id: self.request_id,
                 kind,
                 direction,
                 source: self.source,
@@ -275,6 +281,7 @@ mod tests {
             purpose: Some("TREAT".into()),
             break_glass: Some(true),
             subject_pseudonym: None,
+            request_id: Some("req-1".into()),
             since: Some(OffsetDateTime::UNIX_EPOCH),
             until: None,
             limit: 10,
@@ -286,12 +293,14 @@ mod tests {
             format!(
                 "SELECT {FLOW_COLUMNS} FROM flows WHERE seq > $1 AND substr(source, 1, \
                  length($2)) = $2 AND destination = $3 AND verdict = $4 AND route = $5 AND \
-                 purpose = $6 AND break_glass = $7 AND at_us >= $8 ORDER BY seq DESC LIMIT $9"
+                 purpose = $6 AND request_id = $7 AND break_glass = $8 AND at_us >= $9 ORDER BY \
+                 seq DESC LIMIT $10"
             )
         );
-        assert_eq!(params.len(), 9);
+        assert_eq!(params.len(), 10);
         assert_eq!(params[3], FlowParam::Text("dry_run".into()));
-        assert_eq!(params[6], FlowParam::Bool(true));
+        assert_eq!(params[6], FlowParam::Text("req-1".into()));
+        assert_eq!(params[7], FlowParam::Bool(true));
         let (sql, params) = flow_query(&FlowQuery::default(), |n| format!("?{n}"));
         assert_eq!(
             sql,

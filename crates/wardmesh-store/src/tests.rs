@@ -277,7 +277,10 @@ store_checks!(
     check_flows_query_filters,
     check_flows_prune,
 );
-db_checks!(check_flows_follow_concurrent_replicas);
+db_checks!(
+    check_flows_follow_concurrent_replicas,
+    check_flows_upgrade_from_v4
+);
 
 /// The ingest benchmark, on both backends; ignored by default (slow in debug builds).
 mod check_flow_ingest_rate {

@@ -9,4 +9,5 @@ mod k8s_attestation;
 mod openapi;
 mod policy;
 mod rotation;
+mod telemetry;
 mod transparent;

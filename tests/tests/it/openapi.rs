@@ -32,6 +32,7 @@ async fn openapi_document_matches_the_served_routes() {
         paths::AUDIT_ENTRIES,
         paths::AUDIT_CHECKPOINTS,
         paths::AUDIT_KEY,
+        paths::AUDIT_DISCLOSURES,
         paths::FLOWS,
         paths::POLICY,
         paths::POLICY_ACTIVATE,

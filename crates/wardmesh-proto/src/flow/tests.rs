@@ -4,6 +4,7 @@ fn record() -> FlowRecord {
     FlowRecord {
         id: new_record_id(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
         at: OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap(),
+        request_id: None,
         kind: FlowKind::Http,
         direction: FlowDirection::Inbound,
         source: Some("spiffe://wardmesh.local/ns/clinic/sa/frontend".into()),
