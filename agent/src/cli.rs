@@ -17,7 +17,9 @@ use crate::proxy::config::DataPlaneOverrides;
 const RUN_EXAMPLE: &str = "\
 Example (outside Kubernetes, with a join token from `wardctl token create`):
   export WARDMESH_JOIN_TOKEN=<token>
-  wardmesh-agent run --control-plane https://127.0.0.1:7443 --trust-bundle ./bundle.pem
+  wardmesh-agent run --control-plane https://127.0.0.1:7443 --trust-bundle ./bundle.pem \
+    --app 127.0.0.1:8080 --routes '/patients/{patient}/notes' --audit-mode fail-closed \
+    --spool-dir /var/lib/wardmesh/spool
 
 In Kubernetes the injected sidecar uses the projected service-account token instead:
   wardmesh-agent run --control-plane https://wardmesh-control-plane.wardmesh-system.svc:7443 \\
