@@ -3,6 +3,7 @@
 //! during the load and started again, or agent B is `kill -9`ed and restarted on the
 //! same spool. Real agents, real TLS, the real spool on disk, the real SQLite store.
 
+mod ingest;
 mod kill;
 
 use std::collections::HashMap;
