@@ -259,6 +259,7 @@ impl EntriesQuery {
             since,
             limit,
             newest,
+            ..AuditQuery::default()
         })
     }
 }

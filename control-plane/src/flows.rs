@@ -109,6 +109,7 @@ pub fn audit_for(reporter: &SpiffeId, records: &[FlowRecord]) -> Vec<FlowAudit> 
                         .unwrap_or_else(|| r.destination.clone()),
                     detail: serde_json::json!({
                         "flow_id": r.id,
+                        "request_id": r.request_id,
                         "source": r.source,
                         "destination": r.destination,
                         "method": r.method,

@@ -264,11 +264,13 @@ fn disclosure_row(d: &Disclosure, td: Option<&TrustDomain>) -> Vec<String> {
         d.user.clone().unwrap_or_else(dash),
         d.purpose.clone().unwrap_or_else(dash),
         d.source.as_deref().map_or_else(dash, |s| short_id(s, td)),
-        short_id(&d.destination, td),
+        d.destination
+            .as_deref()
+            .map_or_else(dash, |s| short_id(s, td)),
         d.method.clone().unwrap_or_else(dash),
         d.route.clone().unwrap_or_else(dash),
         d.status.map_or_else(dash, |s| s.to_string()),
-        verdict_cell(d.verdict).to_owned(),
+        d.verdict.map_or_else(dash, |v| verdict_cell(v).to_owned()),
         d.rule.clone().unwrap_or_else(dash),
         if d.break_glass { "yes" } else { "-" }.to_owned(),
     ]
@@ -448,11 +450,11 @@ mod tests {
             seq: 4,
             at: OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap(),
             source: Some("spiffe://wardmesh.local/ns/clinic/sa/frontend".into()),
-            destination: "spiffe://wardmesh.local/ns/records/sa/notes".into(),
+            destination: Some("spiffe://wardmesh.local/ns/records/sa/notes".into()),
             method: Some("GET".into()),
             route: Some("/patients/{patient}/notes".into()),
             status: Some(200),
-            verdict: wardmesh_proto::flow::Verdict::DryRun,
+            verdict: Some(wardmesh_proto::flow::Verdict::DryRun),
             user: Some("dr-ada".into()),
             purpose: Some("ETREAT".into()),
             policy_revision: Some("rev-1".into()),
@@ -480,6 +482,14 @@ mod tests {
         let table = crate::output::table(&DISCLOSURE_HEADERS, &[disclosure_row(&d, None)]);
         assert!(table.starts_with("TIME  "), "{table}");
         assert!(table.contains("spiffe://wardmesh.local/ns/clinic/sa/frontend"));
+        // An audit entry whose detail lacked the destination and verdict: dashes.
+        let bare = Disclosure {
+            destination: None,
+            verdict: None,
+            ..d
+        };
+        let row = disclosure_row(&bare, Some(&td));
+        assert_eq!((row[4].as_str(), row[8].as_str()), ("-", "-"));
     }
 
     #[test]

@@ -1,5 +1,24 @@
 //! `POST /v1/audit/disclosures` (auditor): the accounting of disclosures of one patient's
-//! records, read from the flow records that carry the patient's keyed pseudonym.
+//! records, read from the audit log.
+//!
+//! Flow ingest writes one audit entry per record that carries a patient's keyed pseudonym
+//! (`phi.access`; `authz.deny` when denied, `breakglass.use` under a grant), with the
+//! pseudonym as its subject and the record's who/when/why in its detail
+//! ([`crate::flows::audit_for`]). The accounting reads those entries by subject and kind
+//! (index `events_by_subject`), never the flows table: flows are pruned after
+//! `--flow-retention` (30 days by default) while HIPAA's accounting covers six years, and
+//! audit entries are kept for `--audit-retention` (default forever). So the accounting
+//! reaches back as far as the audit log does, and its paging cursors (`after`,
+//! `next_after`, each disclosure's `seq`) are audit seqs. The handler's own
+//! [`kinds::DISCLOSURES_READ`] entries share the subject but are not disclosures: the kind
+//! filter leaves them out.
+//!
+//! By default a page lists the requests that released data (verdict `allowed` or
+//! `dry_run`): entries of kinds `phi.access` and `breakglass.use`, less those whose detail
+//! says `denied` or `error` (rare: a break-glass request still denied, a request without a
+//! decision), which are skipped by reading on until the page is full, so `limit` stays
+//! exact and a short page is the last. An entry whose detail is missing a field, or holds
+//! one in an unexpected form, still becomes a disclosure with that field `None`.
 //!
 //! The patient id arrives in the body only (see [`wardmesh_proto::disclosure`]); it is
 //! turned into the pseudonym straight away and never written anywhere: not to the
@@ -18,16 +37,17 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use wardmesh_proto::disclosure::{Disclosure, DisclosurePage, check_subject};
-use wardmesh_proto::flow::{StoredFlow, Verdict};
+use wardmesh_proto::flow::Verdict;
 use wardmesh_proto::operator::Role;
-use wardmesh_store::FlowQuery;
+use wardmesh_store::{AuditEntry, AuditQuery, Store};
 
 use super::{AuditRecord, kinds};
 use crate::api::{ApiState, JsonBody, bearer, reply};
 use crate::error::ApiFailure;
+use crate::flows::kinds as flow_kinds;
 
-/// Page bounds, as for `GET /v1/flows`.
-pub const MAX_PAGE: u32 = crate::flows::MAX_PAGE;
+/// Page bounds, as for `GET /v1/audit/entries`.
+pub const MAX_PAGE: u32 = super::MAX_PAGE;
 const DEFAULT_PAGE: u32 = 100;
 
 /// The body as received: every field a raw JSON value, so that a bad one is refused with
@@ -158,44 +178,129 @@ impl Accounting {
         })
     }
 
-    /// The store queries whose merged result is one page: the store filters by one
-    /// verdict at most, so "data released" is two queries, one per releasing verdict.
-    pub fn queries(&self, pseudonym: &str) -> Vec<FlowQuery> {
-        let base = FlowQuery {
-            after: self.after,
-            subject_pseudonym: Some(pseudonym.to_owned()),
-            since: self.since,
-            until: self.until,
-            limit: self.limit,
-            ..FlowQuery::default()
-        };
+    /// The audit entry kinds a page is read from.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds = vec![
+            flow_kinds::PHI_ACCESS.to_owned(),
+            flow_kinds::BREAKGLASS_USE.to_owned(),
+        ];
         if self.include_denied {
-            return vec![base];
+            kinds.push(flow_kinds::AUTHZ_DENY.to_owned());
         }
-        Verdict::ALL
-            .into_iter()
-            .filter(|v| Disclosure::released(*v))
-            .map(|v| FlowQuery {
-                verdict: Some(v),
-                ..base.clone()
-            })
-            .collect()
+        kinds
     }
 
-    /// One page from the queries' results: each holds the first `limit` matches of its
-    /// verdict after the cursor, so the first `limit` of their union by seq are exactly
-    /// the first `limit` matches overall.
-    pub fn page(&self, pseudonym: String, results: Vec<Vec<StoredFlow>>) -> DisclosurePage {
-        let mut flows: Vec<StoredFlow> = results.into_iter().flatten().collect();
-        flows.sort_by_key(|f| f.seq);
-        flows.dedup_by_key(|f| f.seq);
-        flows.truncate(self.limit as usize);
-        let next_after = flows.last().map_or(self.after, |f| f.seq.max(self.after));
+    /// The audit query reading entries after `cursor`: `limit` of them in the first round,
+    /// a full page in any later one (needed only when a round's entries were skipped).
+    pub fn query(&self, pseudonym: &str, cursor: i64, first: bool) -> AuditQuery {
+        AuditQuery {
+            after: cursor,
+            kinds: self.kinds(),
+            subject: Some(pseudonym.to_owned()),
+            since: self.since,
+            until: self.until,
+            limit: if first { self.limit } else { MAX_PAGE },
+            ..AuditQuery::default()
+        }
+    }
+
+    /// Whether the page lists `d`: everything with `include_denied`, otherwise what
+    /// released data, and what cannot be told apart from that (no known verdict).
+    pub fn lists(&self, d: &Disclosure) -> bool {
+        self.include_denied || d.verdict.is_none_or(Disclosure::released)
+    }
+
+    /// Adds the listed disclosures among one round's `entries` (the store's answer to a
+    /// query for `asked` entries) to `found`, up to `limit`. Returns the cursor of the next
+    /// round, or `None` when the page is complete: full, or the store has no more.
+    pub fn take(
+        &self,
+        found: &mut Vec<Disclosure>,
+        entries: &[AuditEntry],
+        asked: u32,
+    ) -> Option<i64> {
+        let mut cursor = None;
+        for e in entries {
+            if found.len() >= self.limit as usize {
+                return None;
+            }
+            cursor = Some(e.seq);
+            let d = disclosure(e);
+            if self.lists(&d) {
+                found.push(d);
+            }
+        }
+        if found.len() >= self.limit as usize || entries.len() < asked as usize {
+            return None;
+        }
+        cursor
+    }
+
+    /// One page of disclosures, ascending by audit seq.
+    pub async fn read(
+        &self,
+        store: &Store,
+        pseudonym: &str,
+    ) -> Result<Vec<Disclosure>, ApiFailure> {
+        let mut found = Vec::new();
+        let mut cursor = self.after;
+        let mut first = true;
+        loop {
+            let q = self.query(pseudonym, cursor, first);
+            let entries = store.audit_entries(&q).await?;
+            match self.take(&mut found, &entries, q.limit) {
+                Some(next) => cursor = next,
+                None => return Ok(found),
+            }
+            first = false;
+        }
+    }
+
+    /// The answer: `next_after` is the seq of the last disclosure listed, or the request's
+    /// cursor when there is none.
+    pub fn page(&self, pseudonym: String, disclosures: Vec<Disclosure>) -> DisclosurePage {
+        let next_after = disclosures
+            .last()
+            .map_or(self.after, |d| d.seq.max(self.after));
         DisclosurePage {
             subject_pseudonym: pseudonym,
-            disclosures: flows.into_iter().map(Disclosure::from).collect(),
+            disclosures,
             next_after,
         }
+    }
+}
+
+/// The disclosure an audit entry written by flow ingest records: `seq` and `at` from the
+/// entry, the rest from its detail. A field the detail lacks or holds in another form is
+/// `None` (user and source fall back on the entry's actor, `user:<sub>` or the caller's
+/// SPIFFE ID; the verdict of an `authz.deny` entry is `denied`; `break_glass` on the kind).
+pub fn disclosure(e: &AuditEntry) -> Disclosure {
+    let field = |k: &str| e.detail.get(k);
+    let text = |k: &str| field(k).and_then(Value::as_str).map(str::to_owned);
+    let verdict = field("verdict")
+        .and_then(Value::as_str)
+        .and_then(Verdict::parse)
+        .or_else(|| (e.kind == flow_kinds::AUTHZ_DENY).then_some(Verdict::Denied));
+    Disclosure {
+        seq: e.seq,
+        at: e.at,
+        source: text("source")
+            .or_else(|| e.actor.starts_with("spiffe://").then(|| e.actor.clone())),
+        destination: text("destination"),
+        method: text("method"),
+        route: text("route"),
+        status: field("status")
+            .and_then(Value::as_u64)
+            .and_then(|s| u16::try_from(s).ok()),
+        verdict,
+        user: text("user").or_else(|| e.actor.strip_prefix("user:").map(str::to_owned)),
+        purpose: text("purpose"),
+        policy_revision: text("policy_revision"),
+        rule: text("rule"),
+        break_glass: field("break_glass")
+            .and_then(Value::as_bool)
+            .unwrap_or(e.kind == flow_kinds::BREAKGLASS_USE),
+        request_id: text("request_id"),
     }
 }
 
@@ -215,11 +320,8 @@ pub async fn handler(
             let JsonBody(body) = body?;
             let req = Accounting::parse(body)?;
             let pseudonym = s.policy.context.pseudonym(&req.subject);
-            let mut results = Vec::new();
-            for q in req.queries(&pseudonym) {
-                results.push(s.operator.store.query_flows(&q).await?);
-            }
-            let page = req.page(pseudonym, results);
+            let disclosures = req.read(&s.operator.store, &pseudonym).await?;
+            let page = req.page(pseudonym, disclosures);
             let record = AuditRecord::new(
                 kinds::DISCLOSURES_READ,
                 &format!("operator:{}", op.name),

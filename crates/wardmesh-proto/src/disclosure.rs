@@ -1,6 +1,10 @@
 //! Accounting of disclosures (DESIGN.md §5; HIPAA §164.528, GDPR art. 15): `POST
 //! /v1/audit/disclosures` answers "who accessed this patient's records, when, under which
-//! purpose" from the flow records that carry the patient's pseudonym.
+//! purpose" from the audit log: the `phi.access`, `breakglass.use` (and, on request,
+//! `authz.deny`) entries flow ingest wrote for the records carrying the patient's
+//! pseudonym. The audit log is kept for `--audit-retention` (default forever), flow records
+//! only for `--flow-retention`, so the accounting outlives the flows it came from. Seqs
+//! (`after`, `next_after`, [`Disclosure::seq`]) are audit entry seqs.
 //!
 //! The patient id travels only in the request *body* ([`DisclosureRequest::subject`]), so
 //! it never lands in a URL, an access log or the `operator.api` audit entry (which records
@@ -12,7 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::flow::{StoredFlow, Verdict};
+use crate::flow::Verdict;
 
 /// At most this many bytes of subject (patient) id.
 pub const MAX_SUBJECT_LEN: usize = 256;
@@ -40,7 +44,8 @@ pub struct DisclosureRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub until: Option<OffsetDateTime>,
-    /// Paging cursor: only flows with `seq > after` (the previous page's `next_after`).
+    /// Paging cursor: only audit entries with `seq > after` (the previous page's
+    /// `next_after`). Audit seqs, not flow seqs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
@@ -65,23 +70,29 @@ impl fmt::Debug for DisclosureRequest {
     }
 }
 
-/// One access to the patient's records: one flow record carrying their pseudonym.
+/// One access to the patient's records: one audit entry (`phi.access`, `breakglass.use`
+/// or `authz.deny`) whose subject is their pseudonym, written when the flow record was
+/// ingested. Every field but `seq` and `at` comes from the entry's detail; one the detail
+/// lacks (or holds in an unexpected form) is `None`, never an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Disclosure {
-    /// The flow's ingest seq (the paging cursor).
+    /// The audit entry's seq (the paging cursor; `wardctl audit log` shows the entry).
     pub seq: i64,
+    /// When the request happened (the flow record's time).
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     /// The calling service's SPIFFE ID; `None` when it presented none.
     pub source: Option<String>,
-    /// The service holding the records.
-    pub destination: String,
+    /// The service holding the records. Always set by flow ingest.
+    pub destination: Option<String>,
     pub method: Option<String>,
     /// Route template, e.g. `/patients/{patient}/notes`.
     pub route: Option<String>,
     pub status: Option<u16>,
-    pub verdict: Verdict,
+    /// Always set by flow ingest; `None` only for an entry whose detail holds no verdict
+    /// this build knows (such an entry is listed: it records an access).
+    pub verdict: Option<Verdict>,
     /// The end user's `sub`.
     pub user: Option<String>,
     /// Purpose of use (HL7 code: TREAT, ETREAT, …).
@@ -89,6 +100,7 @@ pub struct Disclosure {
     pub policy_revision: Option<String>,
     pub rule: Option<String>,
     pub break_glass: bool,
+    /// The request's `x-request-id`, when the audit entry records it.
     pub request_id: Option<String>,
 }
 
@@ -100,29 +112,7 @@ impl Disclosure {
     }
 }
 
-impl From<StoredFlow> for Disclosure {
-    fn from(f: StoredFlow) -> Self {
-        let r = f.record;
-        Self {
-            seq: f.seq,
-            at: r.at,
-            source: r.source,
-            destination: r.destination,
-            method: r.method,
-            route: r.route,
-            status: r.status,
-            verdict: r.verdict,
-            user: r.user,
-            purpose: r.purpose,
-            policy_revision: r.policy_revision,
-            rule: r.rule,
-            break_glass: r.break_glass,
-            request_id: r.request_id,
-        }
-    }
-}
-
-/// The answer: one page, ascending by `seq`.
+/// The answer: one page, ascending by audit `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisclosurePage {
@@ -130,8 +120,9 @@ pub struct DisclosurePage {
     /// the id itself is never sent back.
     pub subject_pseudonym: String,
     pub disclosures: Vec<Disclosure>,
-    /// Pass as `after` for the next page; equal to the request's `after` when the page is
-    /// empty. A page shorter than `limit` is the last.
+    /// Pass as `after` for the next page: the audit seq of the page's last disclosure, or
+    /// the request's `after` when the page is empty. A page shorter than `limit` is the
+    /// last.
     pub next_after: i64,
 }
 
@@ -190,6 +181,52 @@ mod tests {
             let why = check_subject(bad).unwrap_err();
             assert!(why.starts_with("subject "), "{why}");
         }
+    }
+
+    #[test]
+    fn disclosures_keep_their_json_shape() {
+        let d = Disclosure {
+            seq: 42,
+            at: OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap(),
+            source: Some("spiffe://wardmesh.local/ns/clinic/sa/frontend".into()),
+            destination: Some("spiffe://wardmesh.local/ns/records/sa/notes".into()),
+            method: Some("GET".into()),
+            route: Some("/patients/{patient}/notes".into()),
+            status: Some(200),
+            verdict: Some(Verdict::DryRun),
+            user: Some("dr-ada".into()),
+            purpose: Some("ETREAT".into()),
+            policy_revision: Some("rev-1".into()),
+            rule: None,
+            break_glass: true,
+            request_id: None,
+        };
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "seq": 42,
+                "at": "2025-06-15T15:06:40Z",
+                "source": "spiffe://wardmesh.local/ns/clinic/sa/frontend",
+                "destination": "spiffe://wardmesh.local/ns/records/sa/notes",
+                "method": "GET",
+                "route": "/patients/{patient}/notes",
+                "status": 200,
+                "verdict": "dry_run",
+                "user": "dr-ada",
+                "purpose": "ETREAT",
+                "policy_revision": "rev-1",
+                "rule": null,
+                "break_glass": true,
+                "request_id": null,
+            })
+        );
+        assert_eq!(serde_json::from_value::<Disclosure>(json).unwrap(), d);
+        let mut bare = serde_json::to_value(&d).unwrap();
+        bare["destination"] = serde_json::Value::Null;
+        bare["verdict"] = serde_json::Value::Null;
+        let bare: Disclosure = serde_json::from_value(bare).unwrap();
+        assert_eq!((bare.destination, bare.verdict), (None, None));
     }
 
     #[test]

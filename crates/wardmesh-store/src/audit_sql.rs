@@ -176,8 +176,22 @@ pub(crate) fn entry_query(
     if let Some(kind) = &q.exclude_kind {
         push(&mut sql, " AND kind <> ?", Param::Text(kind.clone()));
     }
+    // One placeholder per kind: `kind IN (?1, ?2, …)`.
+    for (i, kind) in q.kinds.iter().enumerate() {
+        let clause = if i == 0 { " AND kind IN (?" } else { ", ?" };
+        push(&mut sql, clause, Param::Text(kind.clone()));
+    }
+    if !q.kinds.is_empty() {
+        sql.push(')');
+    }
+    if let Some(subject) = &q.subject {
+        push(&mut sql, " AND subject = ?", Param::Text(subject.clone()));
+    }
     if let Some(since) = q.since {
         push(&mut sql, " AND at_us >= ?", Param::Int(to_micros(since)));
+    }
+    if let Some(until) = q.until {
+        push(&mut sql, " AND at_us < ?", Param::Int(to_micros(until)));
     }
     let order = if q.newest { "DESC" } else { "ASC" };
     push(
@@ -236,7 +250,10 @@ mod tests {
             before: Some(50),
             kind: Some("identity.*".to_owned()),
             exclude_kind: Some("operator.api".to_owned()),
+            kinds: Vec::new(),
+            subject: None,
             since: Some(time::OffsetDateTime::UNIX_EPOCH),
+            until: None,
             limit: 10,
             newest: true,
         };
@@ -266,5 +283,44 @@ mod tests {
             format!("SELECT {ENTRY_COLUMNS} FROM events WHERE id > ?1 ORDER BY id ASC LIMIT ?2")
         );
         assert_eq!(params, [Param::Int(0), Param::Int(0)]);
+    }
+
+    #[test]
+    fn subjects_kind_sets_and_until_are_parameters() {
+        let q = AuditQuery {
+            after: 7,
+            kinds: vec!["phi.access".to_owned(), "breakglass.use".to_owned()],
+            subject: Some("ab'; DROP TABLE events; --".to_owned()),
+            since: Some(time::OffsetDateTime::UNIX_EPOCH),
+            until: Some(time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1)),
+            limit: 3,
+            ..AuditQuery::default()
+        };
+        let (sql, params) = entry_query(&q, |n| format!("?{n}"));
+        assert_eq!(
+            sql,
+            format!(
+                "SELECT {ENTRY_COLUMNS} FROM events WHERE id > ?1 AND kind IN (?2, ?3) AND \
+                 subject = ?4 AND at_us >= ?5 AND at_us < ?6 ORDER BY id ASC LIMIT ?7"
+            )
+        );
+        assert_eq!(
+            params,
+            [
+                Param::Int(7),
+                Param::Text("phi.access".to_owned()),
+                Param::Text("breakglass.use".to_owned()),
+                Param::Text("ab'; DROP TABLE events; --".to_owned()),
+                Param::Int(0),
+                Param::Int(1_000_000),
+                Param::Int(3),
+            ]
+        );
+        let one = AuditQuery {
+            kinds: vec!["authz.deny".to_owned()],
+            ..AuditQuery::default()
+        };
+        let (sql, _) = entry_query(&one, |n| format!("${n}"));
+        assert!(sql.contains(" AND kind IN ($2) ORDER BY"), "{sql}");
     }
 }

@@ -46,6 +46,11 @@ pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/sqlite/0005_flow_request_id.sql"),
         chain_existing_events: false,
     },
+    Migration {
+        version: 6,
+        sql: include_str!("../schema/sqlite/0006_events_by_subject.sql"),
+        chain_existing_events: false,
+    },
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -74,10 +79,15 @@ pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/postgres/0005_flow_request_id.sql"),
         chain_existing_events: false,
     },
+    Migration {
+        version: 6,
+        sql: include_str!("../schema/postgres/0006_events_by_subject.sql"),
+        chain_existing_events: false,
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The bookkeeping table, identical on both backends.
 pub(crate) const CREATE_SCHEMA_VERSION: &str = "CREATE TABLE IF NOT EXISTS schema_version (\

@@ -8,6 +8,7 @@
 //! where it fails.
 
 mod audit_checks;
+mod audit_subject_checks;
 mod checks;
 mod commit_checks;
 mod fixtures;
@@ -18,6 +19,7 @@ mod specific;
 /// Every check, for the macros below.
 mod all_checks {
     pub(super) use super::audit_checks::*;
+    pub(super) use super::audit_subject_checks::*;
     pub(super) use super::checks::*;
     pub(super) use super::commit_checks::*;
     pub(super) use super::flow_checks::*;
@@ -246,6 +248,7 @@ store_checks!(
     check_operator_tokens,
     check_audit_chain_appends,
     check_audit_queries,
+    check_audit_by_subject,
     check_audit_checkpoints,
     check_audit_prune,
     check_commit_issuance_race,

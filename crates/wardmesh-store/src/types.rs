@@ -231,8 +231,16 @@ pub struct AuditQuery {
     pub kind: Option<String>,
     /// Leave out this exact kind.
     pub exclude_kind: Option<String>,
+    /// Only entries of one of these exact kinds (`kind IN (...)`, no prefixes); empty: no
+    /// restriction. Combines with `kind` (both must match). One query, so `limit` counts
+    /// only matches and a short page is the last.
+    pub kinds: Vec<String>,
+    /// Only entries whose subject is exactly this (index `events_by_subject`).
+    pub subject: Option<String>,
     /// Only entries at or after this instant.
     pub since: Option<OffsetDateTime>,
+    /// Only entries strictly before this instant.
+    pub until: Option<OffsetDateTime>,
     /// At most this many entries.
     pub limit: u32,
     /// Take the newest `limit` matches instead of the oldest (still returned ascending).

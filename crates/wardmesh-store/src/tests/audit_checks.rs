@@ -196,7 +196,7 @@ pub(super) async fn check_audit_queries(store: Store) {
     );
 }
 
-async fn store_seqs(store: &Store, q: &AuditQuery) -> Vec<i64> {
+pub(super) async fn store_seqs(store: &Store, q: &AuditQuery) -> Vec<i64> {
     store
         .audit_entries(q)
         .await

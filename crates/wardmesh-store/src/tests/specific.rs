@@ -213,3 +213,41 @@ async fn postgres_server_errors_are_shown_without_the_password() {
         "{msg}"
     );
 }
+
+/// The accounting of disclosures' query (one subject, a set of kinds, in seq order) is a
+/// range of `events_by_subject` on SQLite, not a scan of the whole audit log.
+#[tokio::test]
+async fn sqlite_reads_one_subjects_entries_through_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.db");
+    let store = Store::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    drop(store);
+    let q = crate::AuditQuery {
+        after: 10,
+        kinds: vec!["phi.access".to_owned(), "breakglass.use".to_owned()],
+        subject: Some("ab".repeat(32)),
+        since: Some(time::OffsetDateTime::UNIX_EPOCH),
+        limit: 100,
+        ..crate::AuditQuery::default()
+    };
+    let (sql, params) = crate::audit_sql::entry_query(&q, |n| format!("?{n}"));
+    let values: Vec<rusqlite::types::Value> = params
+        .into_iter()
+        .map(|p| match p {
+            crate::audit_sql::Param::Int(i) => rusqlite::types::Value::Integer(i),
+            crate::audit_sql::Param::Text(t) => rusqlite::types::Value::Text(t),
+        })
+        .collect();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let plan: Vec<String> = stmt
+        .query_map(rusqlite::params_from_iter(values), |r| r.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("USING INDEX events_by_subject"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+}
