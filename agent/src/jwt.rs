@@ -31,6 +31,7 @@ mod config;
 pub mod keys;
 mod refresh;
 mod token;
+mod verified;
 
 pub use claims::{MFA_AMR_VALUES, amr_means_mfa};
 pub use config::{DEFAULT_LEEWAY_SECONDS, IssuerConfig, OidcConfig, OidcConfigError};
@@ -144,6 +145,7 @@ struct IssuerState {
     status: Mutex<Status>,
     /// Built once from `ca_file` for `jwks_url` issuers.
     client: Option<reqwest::Client>,
+    verified: verified::VerifiedTokens,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -220,6 +222,7 @@ impl JwtValidator {
                 wake: Notify::new(),
                 status: Mutex::new(status),
                 client,
+                verified: verified::VerifiedTokens::default(),
             });
         }
         Ok(Self {
@@ -249,7 +252,10 @@ impl JwtValidator {
             .find(|i| i.config.issuer == iss)
             .ok_or(JwtError::UnknownIssuer)?;
         let keys = issuer.snapshot().ok_or(JwtError::KeysUnavailable)?;
-        match keys.verify(&token) {
+        let digest = verified::digest(raw);
+        let known = issuer.verified.contains(&keys, &digest);
+        match if known { Ok(()) } else { keys.verify(&token) } {
+            Ok(()) if !known => issuer.verified.insert(&keys, digest),
             Ok(()) => {}
             Err(JwtError::UnknownKey) => {
                 // notify_one keeps a single permit: a flood of unknown kids costs at

@@ -485,3 +485,24 @@ fn reload_backs_off_after_failures_up_to_the_refresh_interval() {
     );
     assert_eq!(secs(u32::MAX), 300);
 }
+
+#[test]
+fn a_verified_token_is_remembered_but_expiry_and_withdrawn_keys_still_count() {
+    let (ed, other) = (eddsa("ed-1"), eddsa("ed-2"));
+    let (v, _dir) = validator(&[&ed, &other]);
+    let token = sign(&ed, &claims());
+    assert!(v.validate(&token, now()).is_ok());
+    assert!(v.validate(&token, now()).is_ok(), "the remembered token");
+    // Claims are checked on every use: the remembered token expires like any other.
+    let later = now() + time::Duration::seconds(3600);
+    assert!(matches!(v.validate(&token, later), Err(JwtError::Expired)));
+    // A tampered copy is not the remembered token.
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert!(v.validate(&forged, now()).is_err());
+    // The IdP withdraws the key: the token that verified before is refused now.
+    let issuer = &v.inner.issuers[0];
+    issuer.install(KeySet::from_jwks(jwks(&[&other]).as_bytes()).unwrap());
+    assert!(v.validate(&token, now()).is_err());
+}

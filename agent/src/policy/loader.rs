@@ -83,7 +83,9 @@ impl PolicyLoader {
             return Err(LoadFailure::NoKeys);
         }
         let verified = verify_bundle(bytes, &self.keys)?;
-        Ok(self.runtime.load(&verified)?)
+        let engine = self.runtime.load(&verified);
+        release_freed_memory();
+        Ok(engine?)
     }
 
     pub fn load_file(&self, path: &Path) -> Result<(PolicyEngine, String), LoadFailure> {
@@ -95,3 +97,19 @@ impl PolicyLoader {
         Ok((self.load(&bytes, None)?, sha))
     }
 }
+
+/// Compiling a module (cranelift) peaks near 90 MB of heap that is all freed right
+/// after, but glibc keeps freed pages in its arenas: without this the agent's resident
+/// memory stays at the compile peak for good (measured: 112 MB instead of 23 MB).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only hands free heap pages back to the kernel; it takes no
+    // pointers and leaves every live allocation alone.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}

@@ -29,6 +29,10 @@ pub struct ShipperConfig {
     pub backoff_max: Duration,
     /// How long to wait for new records before looking again anyway.
     pub idle_poll: Duration,
+    /// After shipping a batch that was not full, wait this long for more records
+    /// before the next one: at low rates every request would otherwise cost a POST
+    /// (and an ack write) of its own. Bounds how late a record reaches the store.
+    pub linger: Duration,
 }
 
 impl ShipperConfig {
@@ -39,6 +43,7 @@ impl ShipperConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             idle_poll: Duration::from_secs(1),
+            linger: Duration::from_millis(200),
         }
     }
 }
@@ -112,6 +117,9 @@ pub async fn run<S: FlowSink>(
                 );
                 backoff = config.backoff_min;
                 ack_or_log(&reader, &batch).await;
+                if batch.records.len() < max {
+                    pause(&shutdown, config.linger).await;
+                }
             }
             Err(ShipError::Refused {
                 status,

@@ -335,6 +335,7 @@ async fn the_shipper_retries_until_delivered_and_sets_refused_batches_aside() {
         backoff_min: Duration::from_millis(1),
         backoff_max: Duration::from_millis(4),
         idle_poll: Duration::from_millis(20),
+        linger: Duration::from_millis(5),
         ..ShipperConfig::new("agent-1")
     };
     let stop = CancellationToken::new();
