@@ -7,6 +7,7 @@ mod backend;
 mod handshakes;
 mod http1;
 mod idle_conns;
+mod ingest;
 mod issuance;
 mod machine;
 mod mesh;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Certificates issued per second: the in-process signer and the control-plane API.
     Issuance(issuance::Args),
+    /// Flow records per second into the store (SQLite, and PostgreSQL if given a URL).
+    Ingest(ingest::Args),
     /// The data-plane tax: direct vs HAProxy pair vs wardmesh agent pair (wrk), plus TLS
     /// handshakes/s at the inbound port and 1,000 idle keep-alive connections.
     Mesh(mesh::Args),
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Issuance(args) => issuance::run(args).map(|t| t.errors()),
+        Command::Ingest(args) => ingest::run(args).map(|t| t.errors()),
         Command::Mesh(args) => mesh::run(args),
         Command::PolicyEval(args) => policy_eval::run(args, true),
         Command::Backend(args) => backend::run(args).map(|()| 0),

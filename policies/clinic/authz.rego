@@ -48,7 +48,10 @@ refuse(rule, reason) := {
 
 # --- who is asking --------------------------------------------------------
 
-has_role(role) if role in input.user.roles
+# Role checks are rules, not a function, so each is evaluated once per request.
+clinician if "clinician" in input.user.roles
+
+billing_staff if "billing" in input.user.roles
 
 mfa if input.user.mfa == true
 
@@ -64,7 +67,7 @@ needs_step_up if {
 }
 
 needs_step_up if {
-	has_role("clinician")
+	clinician
 	notes_read
 	purpose == "TREAT"
 	not mfa
@@ -120,13 +123,13 @@ consent_refused if input.context.consent.purposes[purpose] == false
 break_glass if {
 	purpose == "ETREAT"
 	input.context.break_glass != null
-	has_role("clinician")
+	clinician
 	patient_id
 	is_read
 }
 
 clinician_reads_notes if {
-	has_role("clinician")
+	clinician
 	mfa
 	purpose == "TREAT"
 	notes_read
@@ -134,7 +137,7 @@ clinician_reads_notes if {
 
 # Billing staff see billing records only (minimum necessary), for payment.
 billing_reads_billing if {
-	has_role("billing")
+	billing_staff
 	purpose == "HPAYMT"
 	billing_read
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 use wardmesh_identity::SpiffeId;
-use wardmesh_proto::flow::{FlowDirection, FlowKind, FlowRecord, Verdict, new_record_id};
+use wardmesh_proto::flow::{
+    FlowDirection, FlowKind, FlowRecord, Verdict, new_record_id, time_ordered_bits,
+};
 
 use crate::authz::{Decision, Enriched};
 
@@ -90,10 +92,11 @@ impl HttpFlow {
         self.rule = Some(rule.to_owned());
     }
 
-    /// The record, once the response status is known.
+    /// The record, once the response status is known; `id` is random bits (the id's
+    /// top bits are the record's time, see [`time_ordered_bits`]).
     pub fn finish(self, id: u128, status: u16, latency: Duration, bytes_out: u64) -> FlowRecord {
         FlowRecord {
-            id: new_record_id(id),
+            id: new_record_id(time_ordered_bits(self.at, id)),
             at: self.at,
             request_id: Some(self.request_id),
             kind: FlowKind::Http,
@@ -134,7 +137,7 @@ pub struct TcpFlow {
 impl TcpFlow {
     pub fn finish(self, id: u128, duration: Duration, bytes_in: u64, bytes_out: u64) -> FlowRecord {
         FlowRecord {
-            id: new_record_id(id),
+            id: new_record_id(time_ordered_bits(self.at, id)),
             at: self.at,
             request_id: None,
             kind: FlowKind::Tcp,

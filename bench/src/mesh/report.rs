@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::Args;
-use super::wardmesh::Features;
+use super::wardmesh::{Features, FlowCount, SpoolVariant};
 use super::wrk::WrkResult;
 use crate::machine::Facts;
 
@@ -17,6 +17,8 @@ pub enum Path {
     Direct,
     Peer,
     Wardmesh,
+    /// A wardmesh pair that differs from `Wardmesh` in one spool setting.
+    Variant(SpoolVariant),
 }
 
 impl Path {
@@ -25,6 +27,7 @@ impl Path {
             Self::Direct => "direct",
             Self::Peer => "peer",
             Self::Wardmesh => "wardmesh",
+            Self::Variant(v) => v.path_name(),
         }
     }
 }
@@ -38,8 +41,64 @@ pub struct Sample {
     /// CPU µs per request of each sidecar (client side first).
     pub sidecar_cpu_us: Vec<f64>,
     pub backend_cpu_us: f64,
+    /// CPU µs per request of this process: the embedded control plane (flow ingest) and
+    /// the harness's own sampling.
+    pub harness_cpu_us: f64,
     /// CPU of other processes during the run (100 = one core).
     pub others: f64,
+}
+
+/// Flow records stored by the control plane for one pair against requests answered.
+#[derive(Debug, Clone)]
+pub struct FlowCheck {
+    pub path: Path,
+    /// Requests answered: measured + unmeasured.
+    pub sent: u64,
+    pub measured: u64,
+    /// Warm-ups, the smoke request and the first 200 of the probes.
+    pub unmeasured: u64,
+    /// Non-200 answers of the probes before the first 200: recorded or not.
+    pub maybe: u64,
+    /// Connections that may have had a request in flight when a wrk run stopped (the
+    /// agent may have recorded it, wrk did not count it).
+    pub in_flight: u64,
+    pub stored: FlowCount,
+    pub settle_secs: f64,
+}
+
+impl FlowCheck {
+    /// Nothing lost (stored ≥ answered), nothing invented (at most the in-flight ones
+    /// more), and every record an allowed 200 on the route template, pseudonymised.
+    pub fn ok(&self) -> bool {
+        let s = &self.stored;
+        let slack = self.in_flight + self.maybe;
+        s.total >= self.sent
+            && s.total <= self.sent + slack
+            && s.on_route == s.total
+            && s.pseudonymised == s.total
+            && s.allowed_200 + slack >= s.total
+    }
+
+    pub fn line(&self) -> String {
+        let s = &self.stored;
+        format!(
+            "flows stored ({}): **{}** for {} requests answered 200 ({} measured + {} warm-up/smoke/probe; up to {} more may have been in flight when a wrk run stopped, {} probes answered non-200 before the first 200): {} ({:+}); allowed 200: {}, on route `{}`: {}, pseudonymised subject: {}; store settled {:.1} s after the last run",
+            self.path.name(),
+            s.total,
+            self.sent,
+            self.measured,
+            self.unmeasured,
+            self.in_flight,
+            self.maybe,
+            if self.ok() { "ok" } else { "**MISMATCH**" },
+            s.total as i64 - self.sent as i64,
+            s.allowed_200,
+            super::wardmesh::ROUTE,
+            s.on_route,
+            s.pseudonymised,
+            self.settle_secs
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +112,8 @@ pub struct Quiet {
 
 #[derive(Debug, Clone)]
 pub struct HandshakeResult {
+    /// The pair whose server agent was measured.
+    pub pair: &'static str,
     pub json: serde_json::Value,
     pub server_cpu_us: f64,
     pub others: f64,
@@ -74,14 +135,21 @@ pub struct Report {
     tools: String,
     quiet: Quiet,
     features: Features,
+    /// One line per wardmesh pair: what it is for, what was asked, what it reported.
+    pairs: Vec<String>,
+    paths: Vec<Path>,
     settings: String,
     conns: Vec<u32>,
     samples: Vec<Sample>,
     hwm: Vec<(Path, Vec<u64>)>,
+    /// VmHWM of each path's sidecars after start-up, before it was reset for the wrk runs.
+    pub startup_hwm: Vec<(Path, Vec<u64>)>,
+    pub flows: Vec<FlowCheck>,
     pub handshakes: Option<HandshakeResult>,
     /// The `policy-eval` summary and table (run pinned to the sidecar CPU).
     pub policy_eval: Option<String>,
-    pub idle: Vec<(Path, IdleResult)>,
+    /// (pair or path name, result).
+    pub idle: Vec<(&'static str, IdleResult)>,
     pub elapsed: Duration,
 }
 
@@ -94,6 +162,7 @@ struct Cell {
     p999: f64,
     cpu: [f64; 2],
     cpu_total: f64,
+    harness: f64,
     errors: u64,
     others_med: f64,
     others_max: f64,
@@ -126,16 +195,19 @@ fn mb(kib: u64) -> String {
 }
 
 impl Report {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         facts: Facts,
         command: String,
         tools: String,
         quiet: Quiet,
         features: Features,
+        pairs: Vec<String>,
+        paths: Vec<Path>,
         args: &Args,
     ) -> Self {
         let settings = format!(
-            "wrk -t1 -c{{{}}} -d{}s --latency after {} s warm-up, {} repeat(s), paths interleaved; sidecars pinned to cpu {}, wrk + backend to cpu {}",
+            "wrk -t1 -c{{{}}} -d{}s --latency after {} s warm-up, {} repeat(s), paths interleaved; sidecars pinned to cpu {}, wrk + backend + the harness with the embedded control plane to cpu {}",
             args.connections
                 .iter()
                 .map(u32::to_string)
@@ -153,10 +225,14 @@ impl Report {
             tools,
             quiet,
             features,
+            pairs,
+            paths,
             settings,
             conns: args.connections.clone(),
             samples: Vec::new(),
             hwm: Vec::new(),
+            startup_hwm: Vec::new(),
+            flows: Vec::new(),
             handshakes: None,
             policy_eval: None,
             idle: Vec::new(),
@@ -172,7 +248,13 @@ impl Report {
         self.hwm.push((path, kib));
     }
 
-    /// Failed requests, failed handshakes and idle-connection errors.
+    /// The measured samples of `path`.
+    pub fn samples_of(&self, path: Path) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(move |s| s.path == path)
+    }
+
+    /// Failed requests, failed handshakes, idle-connection errors and flow-count
+    /// mismatches.
     pub fn errors(&self) -> usize {
         let wrk: u64 = self.samples.iter().map(|s| s.wrk.errors).sum();
         let hs = self
@@ -185,7 +267,8 @@ impl Report {
             .iter()
             .map(|(_, r)| r.json["errors"].as_u64().unwrap_or(1))
             .sum();
-        (wrk + hs + idle) as usize
+        let flows = self.flows.iter().filter(|f| !f.ok()).count() as u64;
+        (wrk + hs + idle + flows) as usize
     }
 
     fn cell(&self, path: Path, conns: u32) -> Cell {
@@ -203,6 +286,7 @@ impl Report {
             p999: col(&|x| x.wrk.p999_us / 1e3),
             cpu: [cpu_i(0), cpu_i(1)],
             cpu_total: col(&|x| x.sidecar_cpu_us.iter().sum()),
+            harness: col(&|x| x.harness_cpu_us),
             errors: s.iter().map(|x| x.wrk.errors).sum(),
             others_med: col(&|x| x.others),
             others_max: s.iter().map(|x| x.others).fold(0.0, f64::max),
@@ -223,9 +307,12 @@ impl Report {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "wardmesh features: policy: {}; telemetry: {}",
-            self.features.policy, self.features.telemetry
+            "wardmesh pairs (all agents pinned to the sidecar CPU):\n"
         );
+        for p in &self.pairs {
+            let _ = writeln!(o, "- {p}");
+        }
+        let _ = writeln!(o);
         let _ = writeln!(o, "settings: {}", self.settings);
         let _ = writeln!(
             o,
@@ -247,12 +334,15 @@ impl Report {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "| path | conns | req/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | sidecar CPU µs/req (client + server = total) | sidecar RSS HWM MB (client, server) | errors (non-2xx) | other CPU % (median / max) |"
+            "| path | conns | req/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | sidecar CPU µs/req (client + server = total) | control plane + harness CPU µs/req | sidecar RSS HWM MB (client, server) | errors (non-2xx) | other CPU % (median / max) |"
         );
-        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            o,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         for &c in &self.conns {
             let direct = self.cell(Path::Direct, c);
-            for path in [Path::Direct, Path::Peer, Path::Wardmesh] {
+            for &path in &self.paths {
                 let x = self.cell(path, c);
                 let hwm = self.hwm_of(path);
                 let (cpu, rss) = if path == Path::Direct {
@@ -265,7 +355,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     o,
-                    "| {} | {c} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {cpu} | {rss} | {} ({}) | {:.0} / {:.0} |",
+                    "| {} | {c} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {cpu} | {:.1} | {rss} | {} ({}) | {:.0} / {:.0} |",
                     path.name(),
                     x.rps,
                     x.p50,
@@ -276,6 +366,7 @@ impl Report {
                     } else {
                         format!("{:+.3}", x.p99 - direct.p99)
                     },
+                    x.harness,
                     x.errors,
                     x.status_errors,
                     x.others_med,
@@ -308,23 +399,40 @@ impl Report {
                 ratio(max_hwm(Path::Wardmesh), max_hwm(Path::Peer)),
             );
         }
-        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "\nSidecar RSS HWM is the peak of the wrk runs (VmHWM reset with `clear_refs` before them). Peak of start-up, before the reset, MB (client, server): {}\n",
+            self.startup_hwm
+                .iter()
+                .filter(|(p, _)| *p != Path::Direct)
+                .map(|(p, v)| format!(
+                    "{} {}",
+                    p.name(),
+                    v.iter().map(|&k| mb(k)).collect::<Vec<_>>().join(", ")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        self.render_spool_cost(&mut o);
+        for f in &self.flows {
+            let _ = writeln!(o, "{}\n", f.line());
+        }
         self.render_targets(&mut o);
         self.render_secondary(&mut o);
         let _ = writeln!(o);
         let _ = writeln!(o, "<details><summary>every run</summary>\n");
         let _ = writeln!(
             o,
-            "| run | path | conns | req/s | p50 ms | p99 ms | p99.9 ms | max ms | sidecar CPU µs/req | backend CPU µs/req | errors | other CPU % |"
+            "| run | path | conns | req/s | p50 ms | p99 ms | p99.9 ms | max ms | sidecar CPU µs/req | backend CPU µs/req | CP + harness CPU µs/req | errors | other CPU % |"
         );
         let _ = writeln!(
             o,
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for s in &self.samples {
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} | {} | {:.1} | {} | {:.0} |",
+                "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} | {} | {:.1} | {:.1} | {} | {:.0} |",
                 s.repeat,
                 s.path.name(),
                 s.conns,
@@ -339,6 +447,7 @@ impl Report {
                     .collect::<Vec<_>>()
                     .join(" + "),
                 s.backend_cpu_us,
+                s.harness_cpu_us,
                 s.wrk.errors,
                 s.others
             );
@@ -351,6 +460,52 @@ impl Report {
             self.errors()
         );
         o
+    }
+
+    /// `wardmesh` minus each variant: what the spool setting it lacks costs per request.
+    fn render_spool_cost(&self, o: &mut String) {
+        let variants: Vec<Path> = self
+            .paths
+            .iter()
+            .copied()
+            .filter(|p| matches!(p, Path::Variant(_)))
+            .collect();
+        if variants.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "Spool cost on the request path: `wardmesh` minus the variant (medians; positive = the spool setting costs this much):\n"
+        );
+        let _ = writeln!(
+            o,
+            "| wardmesh − variant | conns | req/s | p50 ms | p99 ms | p99.9 ms | sidecar CPU µs/req (client, server, total) | control plane + harness CPU µs/req |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for v in variants {
+            for &c in &self.conns {
+                let (w, x) = (self.cell(Path::Wardmesh, c), self.cell(v, c));
+                let _ = writeln!(
+                    o,
+                    "| − {} | {c} | {:+.0} ({:+.1} %) | {:+.3} | {:+.3} | {:+.3} | {:+.1}, {:+.1}, **{:+.1}** | {:+.1} |",
+                    v.name(),
+                    w.rps - x.rps,
+                    if x.rps > 0.0 {
+                        (w.rps / x.rps - 1.0) * 100.0
+                    } else {
+                        0.0
+                    },
+                    w.p50 - x.p50,
+                    w.p99 - x.p99,
+                    w.p999 - x.p999,
+                    w.cpu[0] - x.cpu[0],
+                    w.cpu[1] - x.cpu[1],
+                    w.cpu_total - x.cpu_total,
+                    w.harness - x.harness,
+                );
+            }
+        }
+        let _ = writeln!(o);
     }
 
     fn render_targets(&self, o: &mut String) {
@@ -393,9 +548,18 @@ impl Report {
             "| with policy and telemetry on | policy: {}; telemetry: {} | {} |",
             self.features.policy,
             self.features.telemetry,
-            yes(self.features.policy.starts_with("clinic wasm")
-                && self.features.telemetry.starts_with("on"))
+            yes(self.features.policy_on && self.features.telemetry_on)
         );
+        if let Some(f) = self.flows.iter().find(|f| f.path == Path::Wardmesh) {
+            let _ = writeln!(
+                o,
+                "| every answered request has one flow record in the control plane | {} stored for {} answered (+ up to {} in flight) | {} |",
+                f.stored.total,
+                f.sent,
+                f.in_flight,
+                yes(f.ok())
+            );
+        }
         let _ = writeln!(o);
     }
 
@@ -407,7 +571,8 @@ impl Report {
             let j = &h.json;
             let _ = writeln!(
                 o,
-                "TLS handshakes at the server agent's inbound port (new connection: full TLS 1.3 mTLS handshake, no resumption, + one HTTP/1.1 request; 4 in flight): **{:.0}/s**, handshake p50 {:.2} ms / p99 {:.2} ms, connection p50 {:.2} ms / p99 {:.2} ms, server agent CPU {:.0} µs per connection, errors {}, other CPU {:.0} %",
+                "TLS handshakes at the `{}` server agent's inbound port (new connection: full TLS 1.3 mTLS handshake, no resumption, + one HTTP/1.1 request; 4 in flight): **{:.0}/s**, handshake p50 {:.2} ms / p99 {:.2} ms, connection p50 {:.2} ms / p99 {:.2} ms, server agent CPU {:.0} µs per connection, errors {}, other CPU {:.0} %",
+                h.pair,
                 j["per_sec"].as_f64().unwrap_or(0.0),
                 j["handshake_p50_us"].as_f64().unwrap_or(0.0) / 1e3,
                 j["handshake_p99_us"].as_f64().unwrap_or(0.0) / 1e3,
@@ -425,12 +590,12 @@ impl Report {
                 "| idle keep-alive check | opened | answered again after idling | errors | RSS before MB (client, server) | RSS while idle MB | VmHWM MB | first errors |"
             );
             let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---|");
-            for (path, r) in &self.idle {
+            for (name, r) in &self.idle {
                 let list = |v: &[u64]| v.iter().map(|&k| mb(k)).collect::<Vec<_>>().join(", ");
                 let _ = writeln!(
                     o,
                     "| {} ({} requested) | {} | {} | {} | {} | {} | {} | {} |",
-                    path.name(),
+                    name,
                     r.json["requested"],
                     r.opened,
                     r.json["second_ok"],

@@ -1,5 +1,6 @@
 //! One `wrk --latency` run: 1 thread, `-c N`, fixed duration, the harness's request
-//! (Host and purpose-of-use headers), and a Lua `done` hook that prints what `--latency`
+//! (Host, purpose-of-use and bearer-token headers: [`super::wardmesh::request_headers`]),
+//! and a Lua `done` hook that prints what `--latency`
 //! leaves out (p99.9) and the error counters in one machine-readable line.
 
 use std::path::{Path, PathBuf};
@@ -52,16 +53,24 @@ pub struct Wrk {
     pub program: PathBuf,
     pub cpus: String,
     script: PathBuf,
+    /// `-H` headers of every request.
+    headers: Vec<String>,
 }
 
 impl Wrk {
-    pub fn new(program: PathBuf, cpus: String, dir: &Path) -> anyhow::Result<Self> {
+    pub fn new(
+        program: PathBuf,
+        cpus: String,
+        dir: &Path,
+        headers: Vec<String>,
+    ) -> anyhow::Result<Self> {
         let script = dir.join("wmbench.lua");
         std::fs::write(&script, SCRIPT).context("writing the wrk script")?;
         Ok(Self {
             program,
             cpus,
             script,
+            headers,
         })
     }
 
@@ -70,16 +79,17 @@ impl Wrk {
         let url = format!("http://127.0.0.1:{port}{}", http1::PATH);
         // taskset execs wrk, so the child's pid is wrk's: its CPU is sampled while it
         // runs, to keep it out of the "other processes" figure.
-        let mut child = Command::new("taskset")
-            .arg("-c")
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c")
             .arg(&self.cpus)
             .arg(&self.program)
             .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s")])
             .args(["--latency", "--timeout", "5s", "-s"])
-            .arg(&self.script)
-            .args(["-H", &format!("Host: {}", http1::HOST)])
-            .args(["-H", &format!("X-Purpose-Of-Use: {}", http1::PURPOSE)])
-            .args(["-H", "Accept: application/json"])
+            .arg(&self.script);
+        for h in &self.headers {
+            cmd.arg("-H").arg(h);
+        }
+        let mut child = cmd
             .arg(&url)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

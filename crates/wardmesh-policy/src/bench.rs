@@ -11,6 +11,7 @@ pub struct EvalLatency {
     pub p50: Duration,
     pub p90: Duration,
     pub p99: Duration,
+    pub p999: Duration,
     pub max: Duration,
     pub mean: Duration,
 }
@@ -43,6 +44,7 @@ pub fn bench_eval(engine: &PolicyEngine, inputs: &[serde_json::Value], n: usize)
         p50: pick(0.50),
         p90: pick(0.90),
         p99: pick(0.99),
+        p999: pick(0.999),
         max: samples.last().copied().unwrap_or_default(),
         mean: total
             .checked_div(samples.len().max(1) as u32)

@@ -1,12 +1,13 @@
 //! Evaluation: a verified bundle's `policy.wasm` loaded with opa-wasm on wasmtime.
 //!
-//! * One [`PolicyRuntime`] (one wasmtime `Engine`, fuel metering on) per process.
+//! * One [`PolicyRuntime`] (one wasmtime `Engine` with epoch interruption, and the
+//!   thread that ticks its epoch) per process.
 //! * [`PolicyRuntime::load`] compiles the module **once** per bundle (or maps a
 //!   precompiled copy from [`RuntimeConfig::module_cache_dir`]) and prewarms instances.
 //! * A [`PolicyEngine`] keeps a small pool of `Store` + opa-wasm `Policy` pairs, one per
 //!   concurrent evaluation; evaluation takes one, runs, and puts it back.
-//! * Every evaluation gets a fuel budget, and every instance a linear-memory cap: a
-//!   policy that traps, loops or exhausts memory yields a deny with rule
+//! * Every evaluation gets a CPU-time budget (see [`budget`]), and every instance a
+//!   linear-memory cap: a policy that traps, loops or exhausts memory yields a deny with rule
 //!   [`RULE_POLICY_ERROR`] (and the instance is thrown away), never a crash or an allow.
 //!
 //! Only the documented OPA ABI is used (through opa-wasm), so bundles from
@@ -25,6 +26,7 @@ use wasmtime::{Engine, Module, Store, StoreLimits, StoreLimitsBuilder};
 use crate::builder::DEFAULT_ENTRYPOINT;
 use crate::sign::VerifiedBundle;
 
+mod budget;
 mod cache;
 mod decision;
 
@@ -33,11 +35,12 @@ pub use decision::{Decision, InputError, RULE_POLICY_ERROR};
 /// Knobs of the policy runtime. [`Default`] suits an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
-    /// Fuel (≈ wasm instructions) one evaluation may use. The clinic policy needs
-    /// 0.2–0.4 M; an endless loop stops after this much (a few milliseconds).
-    pub fuel_per_eval: u64,
-    /// Fuel for creating an instance (the guest compiles its Rego on first use).
-    pub fuel_per_instance: u64,
+    /// CPU time one evaluation may use. The clinic policy needs tens of µs; an endless
+    /// loop is interrupted after one to two budgets (rounded up to the 2 ms epoch tick),
+    /// and a thread that was only preempted for that long is not.
+    pub eval_budget: Duration,
+    /// CPU time for creating an instance (the guest compiles its Rego on first use).
+    pub instance_budget: Duration,
     /// Linear-memory cap per instance, in bytes.
     pub memory_limit_bytes: usize,
     /// Instances created when a bundle loads.
@@ -56,8 +59,8 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            fuel_per_eval: 10_000_000,
-            fuel_per_instance: 2_000_000_000,
+            eval_budget: Duration::from_millis(10),
+            instance_budget: Duration::from_secs(10),
             memory_limit_bytes: 64 * 1024 * 1024,
             prewarm_instances: 1,
             max_idle_instances: std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
@@ -67,7 +70,7 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// An evaluation that produced no result (trap, fuel or memory exhausted, …).
+/// An evaluation that produced no result (trap, time budget or memory exhausted, …).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct EvalError(pub String);
@@ -101,6 +104,7 @@ pub enum LoadError {
 pub struct PolicyRuntime {
     engine: Engine,
     config: Arc<RuntimeConfig>,
+    _ticker: Arc<budget::Ticker>,
 }
 
 impl std::fmt::Debug for PolicyRuntime {
@@ -125,12 +129,15 @@ pub struct LoadReport {
 impl PolicyRuntime {
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
         let mut cfg = wasmtime::Config::new();
-        cfg.consume_fuel(true);
+        cfg.epoch_interruption(true);
         cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&cfg).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let ticker = budget::Ticker::start(&engine)
+            .map_err(|e| LoadError::Engine(format!("starting the epoch ticker: {e}")))?;
         Ok(Self {
             engine,
             config: Arc::new(config),
+            _ticker: ticker,
         })
     }
 
@@ -228,6 +235,13 @@ struct Shared {
 
 struct StoreState {
     limits: StoreLimits,
+    budget: budget::Budget,
+}
+
+/// Starts a budget of `limit` for the store's next call into the guest.
+fn start_budget(store: &mut Store<StoreState>, limit: Duration) {
+    let ticks = store.data_mut().budget.start(limit);
+    store.set_epoch_deadline(ticks);
 }
 
 struct Instance {
@@ -248,10 +262,16 @@ impl Shared {
             .instances(1)
             .tables(4)
             .build();
-        let mut store = Store::new(&self.runtime.engine, StoreState { limits });
+        let mut store = Store::new(
+            &self.runtime.engine,
+            StoreState {
+                limits,
+                budget: budget::Budget::new(),
+            },
+        );
         store.limiter(|s| &mut s.limits);
-        let fuel = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
-        store.set_fuel(cfg.fuel_per_instance).map_err(fuel)?;
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().budget.on_deadline()));
+        start_budget(&mut store, cfg.instance_budget);
         let runtime = Runtime::new(&mut store, &self.module)
             .await
             .map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
@@ -327,10 +347,7 @@ impl PolicyEngine {
         let mut instance = shared
             .checkout()
             .map_err(|e| EvalError(format!("no policy instance: {e}")))?;
-        instance
-            .store
-            .set_fuel(shared.config().fuel_per_eval)
-            .map_err(|e| EvalError(format!("{e:#}")))?;
+        start_budget(&mut instance.store, shared.config().eval_budget);
         let entrypoint = shared.config().entrypoint.as_str();
         let out: anyhow::Result<Vec<serde_json::Value>> = block_on(instance.policy.evaluate(
             &mut instance.store,
@@ -359,7 +376,7 @@ impl PolicyEngine {
 }
 
 /// Drives an opa-wasm future on the current thread. They never wait on I/O (no async
-/// host functions are registered and no fuel/epoch yielding is configured), so the
+/// host functions are registered and epoch deadlines never yield), so the
 /// first poll completes; a `Pending` would only spin.
 fn block_on<F: Future>(fut: F) -> F::Output {
     let mut fut = pin!(fut);

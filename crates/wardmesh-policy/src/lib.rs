@@ -9,7 +9,7 @@
 //! * [`sign_bundle`] / [`verify_bundle`] implement OPA's bundle signing (`.signatures.json`,
 //!   a JWT listing every file's SHA-256; ES256 or EdDSA). Only a [`VerifiedBundle`] loads.
 //! * [`PolicyRuntime`] / [`PolicyEngine`] evaluate with opa-wasm on wasmtime: compiled
-//!   once, a pool of instances, fuel and memory caps; every failure is a deny with rule
+//!   once, a pool of instances, CPU-time and memory caps; every failure is a deny with rule
 //!   [`RULE_POLICY_ERROR`]. Bundles from the real `opa build -t wasm` load too.
 //! * [`run_rego_tests`] runs `test_*` rules like `opa test`.
 //!

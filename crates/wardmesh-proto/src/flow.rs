@@ -346,6 +346,15 @@ pub fn new_record_id(random: u128) -> String {
     format!("{random:032x}")
 }
 
+/// 128 id bits ordered by time, as UUIDv7 lays them out: the millisecond Unix time in
+/// the top 48 bits, 80 random bits below. Unique like a random id (80 bits per
+/// millisecond), but consecutive records land next to each other in the store's
+/// unique index instead of on random pages.
+pub fn time_ordered_bits(at: OffsetDateTime, random: u128) -> u128 {
+    let ms = u128::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    ((ms & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1))
+}
+
 /// The keyed pseudonym of a patient (or other data subject) id: lowercase hex
 /// HMAC-SHA256(`key`, `subject`) over the id's exact bytes (callers trim). Agents put it
 /// in flow records; the control plane computes it again to answer "who accessed this

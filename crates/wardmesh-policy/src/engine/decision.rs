@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Rule name of every deny caused by the policy itself failing (trap, fuel or memory
-/// exhausted, malformed decision).
+/// Rule name of every deny caused by the policy itself failing (trap, time budget or
+/// memory exhausted, malformed decision).
 pub const RULE_POLICY_ERROR: &str = "policy_error";
 
 /// Longest failure description put into a decision's `reason`.
@@ -125,16 +125,16 @@ pub(crate) fn parse_input(bytes: &[u8]) -> Result<serde_json::Value, InputError>
 /// A short account of why an evaluation failed: the trap, or the guest's own message
 /// (`opa_abort`), without wasmtime's backtrace.
 pub(crate) fn describe_failure(e: &anyhow::Error) -> String {
-    const FUEL: &str = "policy exceeded its fuel budget (endless loop or too much work)";
+    const BUDGET: &str = "policy exceeded its time budget (endless loop or too much work)";
     if let Some(trap) = e.chain().find_map(|c| c.downcast_ref::<wasmtime::Trap>()) {
         return match trap {
-            wasmtime::Trap::OutOfFuel => FUEL.to_string(),
+            wasmtime::Trap::Interrupt => BUDGET.to_string(),
             other => format!("policy trapped: {other}"),
         };
     }
     let root = e.root_cause().to_string();
-    if root.contains("all fuel consumed") {
-        return FUEL.to_string();
+    if root.contains("wasm trap: interrupt") {
+        return BUDGET.to_string();
     }
     format!(
         "policy aborted: {}",

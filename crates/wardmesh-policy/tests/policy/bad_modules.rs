@@ -75,13 +75,13 @@ fn notes_read() -> serde_json::Value {
 }
 
 #[test]
-fn an_endless_loop_runs_out_of_fuel_and_denies() {
+fn an_endless_loop_runs_out_of_its_time_budget_and_denies() {
     let engine = load(sabotaged(Misbehave::Loop, false), RuntimeConfig::default()).unwrap();
     let started = std::time::Instant::now();
     let d = engine.evaluate(&notes_read());
     assert!(!d.allow);
     assert_eq!(d.rule, RULE_POLICY_ERROR);
-    assert!(d.reason.contains("fuel"), "{}", d.reason);
+    assert!(d.reason.contains("budget"), "{}", d.reason);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     // The looping instance was thrown away; the next request gets a fresh one (which
     // loops again, and is denied again): no crash, no allow.
@@ -158,7 +158,7 @@ decision := {"allow": true, "rule": "hog", "reason": "", "obligations": []} if {
         let verified = verify_bundle(&bundle, &[signing_key().verifying_key()]).unwrap();
         let engine = runtime_with(RuntimeConfig {
             memory_limit_bytes: 48 * 1024 * 1024,
-            fuel_per_eval: 5_000_000_000,
+            eval_budget: std::time::Duration::from_secs(30),
             ..RuntimeConfig::default()
         })
         .load(&verified)
@@ -205,16 +205,16 @@ fn malformed_input_json_is_an_error_and_changes_nothing() {
 }
 
 #[test]
-fn fuel_budget_is_per_evaluation() {
+fn time_budget_is_per_evaluation() {
     // A budget too small for even the clinic rule: every evaluation denies, none allows.
     let engine = runtime_with(RuntimeConfig {
-        fuel_per_eval: 1_000,
+        eval_budget: std::time::Duration::ZERO,
         ..RuntimeConfig::default()
     })
     .load(clinic_bundle())
     .unwrap();
     let err: EvalError = engine.evaluate_raw(&notes_read()).unwrap_err();
-    assert!(err.0.contains("fuel"), "{err}");
+    assert!(err.0.contains("budget"), "{err}");
     assert_eq!(engine.evaluate(&notes_read()).rule, RULE_POLICY_ERROR);
     assert!(
         runtime()

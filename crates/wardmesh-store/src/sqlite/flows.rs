@@ -12,7 +12,10 @@
 //! What is left is mostly SQLite writing each commit's dirty index pages to the WAL.
 //! Record ids are random, so nearly every record dirties its own page of the id index
 //! (≈ 1.6 WAL frames per record at batch 500); ids that start with their time would
-//! make that index append-only (the same bench with ordered ids: ≈ 55k/65k+).
+//! make that index append-only (the same bench with ordered ids: ≈ 55k/65k+). Those
+//! figures predate the realistic benchmark (random request ids, PHI pseudonyms, audit
+//! entries: 11.8–14.7k/s, see bench/RESULTS.md), whose three more random-key indexes
+//! (request id, subject; the audit log's subject) cost the same way.
 
 use std::sync::LazyLock;
 
