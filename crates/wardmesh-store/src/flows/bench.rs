@@ -56,7 +56,8 @@ pub async fn ingest_benchmark(
 }
 
 /// A PHI access entry per record with a pseudonym, shaped like the control plane's
-/// (`control-plane/src/flows.rs`, `audit_for`).
+/// (`control-plane/src/flows.rs`, `audit_for`): restated here because the store cannot
+/// depend on the control plane (`wardmesh-bench ingest` uses the real one).
 fn audit_for(records: &[FlowRecord]) -> Vec<FlowAudit> {
     records
         .iter()
@@ -73,6 +74,7 @@ fn audit_for(records: &[FlowRecord]) -> Vec<FlowAudit> {
                     subject,
                     detail: serde_json::json!({
                         "flow_id": r.id,
+                        "request_id": r.request_id,
                         "source": r.source,
                         "destination": r.destination,
                         "method": r.method,
