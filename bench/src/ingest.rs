@@ -6,8 +6,8 @@
 //! comes from one agent (the records' destination), is checked with
 //! [`check_batch`], gets its audit entries from [`audit_for`] and is stored with
 //! [`Store::ingest_flows_audited`] — flows and audit entries in one transaction. Records
-//! are shaped like the agent's inbound HTTP records: random 128-bit record and request
-//! ids, route templates, a keyed patient pseudonym on PHI routes, a few denies and
+//! are shaped like the agent's inbound HTTP records: time-ordered record ids and (as the
+//! agent makes them) request ids, `--caller-request-ids` percent random ones, route templates, a keyed patient pseudonym on PHI routes, a few denies and
 //! break-glass uses. Batches have the shipper's default size. Several tasks ingest at
 //! once, as several agents would. After the timed phase one batch is resent and must
 //! come back as all duplicates with nothing audited.
@@ -60,6 +60,11 @@ pub struct Args {
     /// PostgreSQL to measure too; the benchmark makes and drops its own database there.
     #[arg(long, env = "WARDMESH_TEST_POSTGRES_URL")]
     pub postgres_url: Option<String>,
+    /// Percent of records whose request id came from the caller (random, e.g. an edge
+    /// proxy's UUIDv4) instead of being made by the agent (time-ordered, as the agent
+    /// makes them). Random ids each take a random page of the request-id index.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub caller_request_ids: u8,
     /// Directory for the temporary SQLite file (default: the system temp dir). Its file
     /// system decides what an fsync costs.
     #[arg(long)]
@@ -83,8 +88,8 @@ pub fn run(args: &Args) -> anyhow::Result<Table> {
     );
     println!(
         "target        ≥ {TARGET_PER_SECOND:.0} records/s into SQLite; batches of {}, {} tasks, \
-         ≤ {} records or {} s per backend\n",
-        args.batch, args.concurrency, args.records, args.seconds
+         ≤ {} records or {} s per backend; {} % caller-sent (random) request ids\n",
+        args.batch, args.concurrency, args.records, args.seconds, args.caller_request_ids
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -166,8 +171,9 @@ async fn measure(name: &str, store: &Store, args: &Args) -> anyhow::Result<Row> 
     for t in 0..tasks {
         let (store, next, errors) = (store.clone(), next.clone(), errors.clone());
         let batch = args.batch;
+        let caller_ids = args.caller_request_ids;
         set.spawn(async move {
-            let mut records = Generator::new(t as u64);
+            let mut records = Generator::new(t as u64, caller_ids);
             let mut lat = Vec::new();
             let mut stored = 0u64;
             let mut last = None;
@@ -245,10 +251,12 @@ struct Generator {
     task: u64,
     peers: Vec<SpiffeId>,
     callers: Vec<String>,
+    /// Percent of request ids sent by callers (random) rather than made by the agent.
+    caller_request_ids: u8,
 }
 
 impl Generator {
-    fn new(task: u64) -> Self {
+    fn new(task: u64, caller_request_ids: u8) -> Self {
         let seed = OffsetDateTime::now_utc().unix_timestamp_nanos() as u64;
         let id = |ns: &str, sa: String| {
             SpiffeId::parse(&format!("spiffe://wardmesh.local/ns/{ns}/sa/{sa}"))
@@ -263,6 +271,7 @@ impl Generator {
             callers: (0..20)
                 .map(|i| id("clinic", format!("caller-{i}")).to_string())
                 .collect(),
+            caller_request_ids,
         }
     }
 
@@ -276,6 +285,16 @@ impl Generator {
 
     fn u128(&mut self) -> u128 {
         (u128::from(self.next()) << 64) | u128::from(self.next())
+    }
+
+    /// A caller's random id, or one made like the agent makes them (agent/src/proxy/http.rs).
+    fn request_id(&mut self, r: u64, at: OffsetDateTime) -> String {
+        let bits = self.u128();
+        if (r >> 48) % 100 < u64::from(self.caller_request_ids) {
+            format!("{bits:032x}")
+        } else {
+            format!("{:032x}", time_ordered_bits(at, bits))
+        }
     }
 
     /// One agent's batch: every record is an inbound request to that agent.
@@ -302,7 +321,7 @@ impl Generator {
         FlowRecord {
             id: new_record_id(time_ordered_bits(at, self.u128())),
             at,
-            request_id: Some(format!("{:032x}", self.u128())),
+            request_id: Some(self.request_id(r, at)),
             kind: FlowKind::Http,
             direction: FlowDirection::Inbound,
             source: Some(self.callers[((r >> 40) % self.callers.len() as u64) as usize].clone()),

@@ -241,7 +241,6 @@ impl FlowsQuery {
             user: text("user", self.user)?,
             purpose: text("purpose", self.purpose)?,
             break_glass,
-            subject_pseudonym: None,
             request_id: text("request_id", self.request_id)?,
             since: time("since", &self.since)?,
             until: time("until", &self.until)?,

@@ -10,6 +10,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use wardmesh_identity::SpiffeId;
+use wardmesh_proto::flow::time_ordered_bits;
 
 use crate::authz::Decision;
 use crate::discovery::HostPort;
@@ -45,6 +46,11 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// The request id to use: the caller's when it is a sane token, else a fresh one.
+///
+/// A fresh id is laid out like a UUIDv7 (millisecond time on top, 80 random bits): as
+/// unique as a random one, but the control plane's request-id index then grows at its
+/// right edge instead of taking a random page per record (measured: the single largest
+/// cost of flow ingest into SQLite). The time only orders ids; nothing decides on it.
 pub(crate) fn request_id(headers: &HeaderMap) -> String {
     let ok = |s: &str| {
         !s.is_empty()
@@ -54,7 +60,10 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
     };
     match headers.get(&REQUEST_ID_HEADER).map(HeaderValue::to_str) {
         Some(Ok(s)) if ok(s) => s.to_owned(),
-        _ => format!("{:032x}", rand::random::<u128>()),
+        _ => format!(
+            "{:032x}",
+            time_ordered_bits(time::OffsetDateTime::now_utc(), rand::random::<u128>())
+        ),
     }
 }
 

@@ -2,7 +2,9 @@
 //! in Rust, from the head read inside the append transaction), the entry query built from
 //! an [`AuditQuery`], and the conversion of stored rows back into entries.
 
-use crate::chain::{canonical_detail, canonical_entry, chain_hash};
+use std::borrow::Borrow;
+
+use crate::chain::{canonical_detail, canonical_entry, canonical_entry_text, chain_hash};
 use crate::schema::{detail_from_text, from_micros, to_micros};
 use crate::{
     AuditAnchor, AuditEntry, AuditQuery, ChainHead, Checkpoint, Event, PruneOutcome, StoreError,
@@ -26,15 +28,17 @@ pub(crate) struct ChainedRow {
 }
 
 /// Chains `events` after `head` (seq `head.seq + 1`, `+ 2`, …).
-pub(crate) fn chain_rows(
+pub(crate) fn chain_rows<E: Borrow<Event>>(
     head: &ChainHead,
-    events: &[Event],
+    events: &[E],
 ) -> Result<Vec<ChainedRow>, StoreError> {
     let mut prev = head.hash.clone();
     let mut rows = Vec::with_capacity(events.len());
     for (seq, e) in (head.seq + 1..).zip(events) {
+        let e = e.borrow();
         let at_us = to_micros(e.at);
-        let canonical = canonical_entry(seq, at_us, &e.kind, &e.actor, &e.subject, &e.detail);
+        let detail = canonical_detail(&e.detail);
+        let canonical = canonical_entry_text(seq, at_us, &e.kind, &e.actor, &e.subject, &detail);
         let hash = chain_hash(&prev, &canonical).ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "the audit chain head before seq {seq} is not a sha-256 hash"
@@ -46,7 +50,7 @@ pub(crate) fn chain_rows(
             kind: e.kind.clone(),
             actor: e.actor.clone(),
             subject: e.subject.clone(),
-            detail: canonical_detail(&e.detail),
+            detail,
             prev_hash: std::mem::replace(&mut prev, hash.clone()),
             hash,
         });

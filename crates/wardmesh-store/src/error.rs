@@ -70,6 +70,11 @@ pub enum StoreError {
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
 
+    /// A write transaction could not be committed; nothing of it was stored, so the
+    /// caller may retry.
+    #[error("the write could not be committed and nothing of it was stored: {reason}; retry")]
+    CommitFailed { reason: String },
+
     /// The blocking task that ran a SQLite statement panicked or was cancelled.
     #[error("a storage task failed: {0}")]
     Join(#[from] tokio::task::JoinError),

@@ -54,11 +54,11 @@ pub(crate) fn inserted_mask(records: &[FlowRecord], returned: &[String]) -> Vec<
 }
 
 /// The events of `audit` whose record was inserted, in batch order.
-pub(crate) fn events_for(audit: &[FlowAudit], mask: &[bool]) -> Vec<crate::Event> {
+pub(crate) fn events_for<'a>(audit: &'a [FlowAudit], mask: &[bool]) -> Vec<&'a crate::Event> {
     audit
         .iter()
         .filter(|a| mask.get(a.record).copied().unwrap_or(false))
-        .map(|a| a.event.clone())
+        .map(|a| &a.event)
         .collect()
 }
 
@@ -94,7 +94,6 @@ pub struct FlowQuery {
     pub user: Option<String>,
     pub purpose: Option<String>,
     pub break_glass: Option<bool>,
-    pub subject_pseudonym: Option<String>,
     /// Exact `x-request-id`: both agents' records of one request.
     pub request_id: Option<String>,
     /// Only flows at or after this instant (record time).
@@ -157,7 +156,6 @@ pub(crate) fn flow_query(
         ("route", &q.route),
         ("user_subject", &q.user),
         ("purpose", &q.purpose),
-        ("subject_pseudonym", &q.subject_pseudonym),
         ("request_id", &q.request_id),
     ] {
         if let Some(v) = value {
@@ -280,7 +278,6 @@ mod tests {
             user: None,
             purpose: Some("TREAT".into()),
             break_glass: Some(true),
-            subject_pseudonym: None,
             request_id: Some("req-1".into()),
             since: Some(OffsetDateTime::UNIX_EPOCH),
             until: None,

@@ -5,7 +5,9 @@
 //! `sqlite/audit.rs`.
 
 mod audit;
+mod checkpointer;
 mod flows;
+mod group;
 mod objects;
 
 use std::path::PathBuf;
@@ -29,14 +31,21 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) struct SqliteBackend {
     conn: Arc<Mutex<Connection>>,
+    /// Flow batches waiting for the connection (see `sqlite/group.rs`).
+    ingest_queue: group::Queue,
+    /// Copies the WAL into a database file off the write path; none in memory.
+    _checkpointer: Option<checkpointer::Checkpointer>,
 }
 
 impl SqliteBackend {
     /// Opens (creating if missing) the file, or an in-memory database for `None`.
     pub(crate) async fn open(path: Option<PathBuf>) -> Result<Self, StoreError> {
+        let file = path.clone();
         let conn = tokio::task::spawn_blocking(move || open_and_migrate(path)).await??;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            ingest_queue: group::Queue::default(),
+            _checkpointer: file.and_then(checkpointer::Checkpointer::start),
         })
     }
 
@@ -442,6 +451,9 @@ fn open_and_migrate(path: Option<PathBuf>) -> Result<Connection, StoreError> {
     // unchanged: committed frames sit in the fsynced WAL until checkpointed. The WAL
     // file grows to about this size between checkpoints.
     conn.pragma_update(None, "wal_autocheckpoint", 8000)?;
+    // Temporary files in memory: group commit (sqlite/group.rs) runs each batch in a
+    // savepoint, whose rollback journal would otherwise spill to a temp file on disk.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     migrate(&mut conn)?;
     Ok(conn)
 }

@@ -13,6 +13,7 @@ mod checks;
 mod commit_checks;
 mod fixtures;
 mod flow_checks;
+mod group_commit;
 mod object_checks;
 mod specific;
 

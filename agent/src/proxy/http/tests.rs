@@ -14,6 +14,10 @@ fn request_id_keeps_sane_tokens_and_replaces_the_rest() {
     let fresh = request_id(&h);
     assert_eq!(fresh.len(), 32);
     assert_ne!(fresh, request_id(&h));
+    // Fresh ids sort by time (the store's request-id index appends instead of scattering).
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let later = request_id(&h);
+    assert!(later > fresh, "{later} should sort after {fresh}");
     h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123_x.y:z"));
     assert_eq!(request_id(&h), "abc-123_x.y:z");
     for bad in ["has space", "semi;colon", "", &"x".repeat(129)] {

@@ -50,6 +50,16 @@ fn canonical_form_is_sorted_compact_json() {
 }
 
 #[test]
+fn top_level_strings_are_escaped_like_the_detail() {
+    let canonical = canonical_entry(-1, 0, "k\"\\", "a\n\u{1}ü", "s/\u{7f}", &json!({}));
+    assert_eq!(
+        canonical,
+        "{\"actor\":\"a\\n\\u0001ü\",\"at_us\":0,\"detail\":{},\"kind\":\"k\\\"\\\\\",\
+         \"seq\":-1,\"subject\":\"s/\u{7f}\"}"
+    );
+}
+
+#[test]
 fn hash_covers_the_previous_hash_and_the_canonical_text() {
     assert_eq!(
         chain_hash(GENESIS_HASH, GOLDEN_CANONICAL).unwrap(),

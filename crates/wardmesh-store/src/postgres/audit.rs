@@ -211,9 +211,9 @@ impl PostgresBackend {
 /// Appends `events` inside the caller's transaction and returns their seqs: claims seqs
 /// head+1..=head+n (locking the head row until the transaction ends), chains the events
 /// onto the head's hash and moves the head to the last one.
-pub(super) async fn append_in(
+pub(super) async fn append_in<E: std::borrow::Borrow<Event> + Sync>(
     tx: &Transaction<'_>,
-    events: &[Event],
+    events: &[E],
 ) -> Result<Vec<i64>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());

@@ -195,9 +195,12 @@ impl SqliteBackend {
 }
 
 /// Appends `events` inside the caller's write transaction (`BEGIN IMMEDIATE`, so the head
-/// read here is the committed one) and returns their seqs: claims seqs head+1..=head+n,
+/// read here is the committed one; `tx` may be a savepoint within it) and returns their seqs: claims seqs head+1..=head+n,
 /// chains the events onto the head's hash and moves the head to the last one.
-pub(super) fn append_in(tx: &Transaction<'_>, events: &[Event]) -> Result<Vec<i64>, StoreError> {
+pub(super) fn append_in<E: std::borrow::Borrow<Event>>(
+    tx: &Connection,
+    events: &[E],
+) -> Result<Vec<i64>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -220,7 +223,7 @@ pub(super) fn append_in(tx: &Transaction<'_>, events: &[Event]) -> Result<Vec<i6
     Ok(rows.iter().map(|r| r.seq).collect())
 }
 
-fn insert_rows(tx: &Transaction<'_>, rows: &[ChainedRow]) -> Result<(), StoreError> {
+fn insert_rows(tx: &Connection, rows: &[ChainedRow]) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO events (id, at_us, kind, actor, subject, detail, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

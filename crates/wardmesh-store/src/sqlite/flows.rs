@@ -19,11 +19,13 @@
 
 use std::sync::LazyLock;
 
-use rusqlite::{Connection, Row, TransactionBehavior, params};
+use rusqlite::{Connection, Row, params};
 use time::OffsetDateTime;
+use tokio::sync::oneshot;
 use wardmesh_proto::flow::{FlowRecord, StoredFlow};
 
 use super::SqliteBackend;
+use super::group::{self, Job};
 use crate::StoreError;
 use crate::flows::{
     FLOW_COLUMNS, FlowAudit, FlowParam, FlowQuery, IngestOutcome, PRUNE_CHUNK, RawFlow, events_for,
@@ -55,17 +57,25 @@ impl SqliteBackend {
         // `run` needs owned data (the closure goes to the blocking pool). The copy costs
         // about 0.6 µs a record, a few percent of an ingest; avoiding it would take an
         // owned batch in the public API.
-        let records = records.to_vec();
-        let audit = audit.to_vec();
+        let (done, answer) = oneshot::channel();
+        self.ingest_queue.push(Job {
+            records: records.to_vec(),
+            audit: audit.to_vec(),
+            done,
+        });
+        let queue = self.ingest_queue.clone();
         self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mask = ingest_in(&tx, &records)?;
-            let events = events_for(&audit, &mask);
-            super::audit::append_in(&tx, &events)?;
-            tx.commit()?;
-            Ok(IngestOutcome::new(records.len(), &mask, events.len()))
+            // Empty when an earlier caller's commit took this batch along (group commit).
+            let jobs = queue.take();
+            if !jobs.is_empty() {
+                group::commit(c, jobs);
+            }
+            Ok(())
         })
-        .await
+        .await?;
+        answer.await.map_err(|_| StoreError::CommitFailed {
+            reason: "the storage task ended without an answer".into(),
+        })?
     }
 
     pub(crate) async fn query_flows(&self, q: &FlowQuery) -> Result<Vec<StoredFlow>, StoreError> {
@@ -114,6 +124,19 @@ impl SqliteBackend {
             }
         }
     }
+}
+
+/// One batch inside the caller's transaction (or savepoint): its flows, then the audit
+/// entries of the records that were new.
+pub(super) fn ingest_batch(
+    tx: &Connection,
+    records: &[FlowRecord],
+    audit: &[FlowAudit],
+) -> Result<IngestOutcome, StoreError> {
+    let mask = ingest_in(tx, records)?;
+    let events = events_for(audit, &mask);
+    super::audit::append_in(tx, &events)?;
+    Ok(IngestOutcome::new(records.len(), &mask, events.len()))
 }
 
 /// Inserts the batch; returns which records were new. A duplicate (stored before, or

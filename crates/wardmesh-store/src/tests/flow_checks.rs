@@ -298,13 +298,6 @@ pub(super) async fn check_flows_query_filters(store: Store) {
         ),
         (
             FlowQuery {
-                subject_pseudonym: Some(subject_pseudonym(b"key", "p1")),
-                ..q()
-            },
-            Box::new(|r| r.subject_pseudonym == Some(subject_pseudonym(b"key", "p1"))),
-        ),
-        (
-            FlowQuery {
                 request_id: Some("req-0003".into()),
                 ..q()
             },
