@@ -45,6 +45,10 @@ pub enum Command {
     /// Install the nat-table rules of transparent mode (run once per pod, as root).
     #[command(after_help = crate::iptables::INIT_IPTABLES_EXAMPLE)]
     InitIptables(crate::iptables::InitIptablesArgs),
+    /// Verify a signed policy bundle and compile its module into a module cache
+    /// directory (the agent runs this itself, so it never holds the compiler's memory).
+    #[command(after_help = crate::policy::precompile::EXAMPLE)]
+    PrecompilePolicy(crate::policy::precompile::PrecompileArgs),
 }
 
 #[derive(Debug, Args)]

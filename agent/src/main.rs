@@ -14,8 +14,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match cli.command {
-        Command::Run(args) => app::run(args.into_config()?, shutdown_signal()).await,
+        Command::Run(args) => {
+            let mut config = args.into_config()?;
+            // Compile policy modules in a child of this same binary (policy/precompile.rs).
+            config.policy.compiler = std::env::current_exe().ok();
+            app::run(config, shutdown_signal()).await
+        }
         Command::InitIptables(args) => wardmesh_agent::iptables::main(args),
+        Command::PrecompilePolicy(args) => wardmesh_agent::policy::precompile::main(args),
     }
 }
 

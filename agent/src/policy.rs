@@ -10,6 +10,7 @@
 
 mod context;
 mod loader;
+pub mod precompile;
 mod source;
 pub(crate) mod worker;
 
@@ -40,6 +41,11 @@ pub struct PolicyConfig {
     /// Mode of the local `bundle` (the control plane's policy carries its own).
     #[serde(default)]
     pub mode: PolicyMode,
+    /// The agent executable whose `precompile-policy` compiles modules into `cache_dir`
+    /// in a child process (see `policy/precompile.rs`); `None` compiles in process. Set
+    /// by `wardmesh-agent run`, not by the TOML.
+    #[serde(skip)]
+    pub compiler: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,6 +45,7 @@ impl LoadFailure {
 pub struct PolicyLoader {
     runtime: PolicyRuntime,
     keys: Vec<VerifyingKey>,
+    config: PolicyConfig,
 }
 
 impl PolicyLoader {
@@ -61,7 +62,11 @@ impl PolicyLoader {
             module_cache_dir: config.cache_dir.clone(),
             ..RuntimeConfig::default()
         })?;
-        Ok(Self { runtime, keys })
+        Ok(Self {
+            runtime,
+            keys,
+            config: config.clone(),
+        })
     }
 
     /// Verifies and loads `bytes`; `want_sha256` (hex) is checked first when given.
@@ -83,6 +88,15 @@ impl PolicyLoader {
             return Err(LoadFailure::NoKeys);
         }
         let verified = verify_bundle(bytes, &self.keys)?;
+        if let Some(exe) = &self.config.compiler {
+            match super::precompile::in_child(exe, &self.config, bytes) {
+                Ok(()) => tracing::debug!("policy module compiled by a child process"),
+                Err(reason) => tracing::warn!(
+                    %reason,
+                    "policy module not compiled in a child process; compiling in the agent (its memory peak stays high)"
+                ),
+            }
+        }
         let engine = self.runtime.load(&verified);
         release_freed_memory();
         Ok(engine?)

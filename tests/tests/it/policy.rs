@@ -6,6 +6,8 @@
 //! One mesh serves the whole scenario (compiling the policy is the slow part), in steps
 //! that each assert what an operator would check.
 
+mod precompile;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,10 +29,10 @@ use crate::dataplane::{A, B, NOTES_URL, eventually, id, proxy_client, send};
 
 const ISSUER: &str = "https://idp.clinic.test";
 const AUDIENCE: &str = "wardmesh";
-const KEY_ID: &str = "clinic-test";
+pub(super) const KEY_ID: &str = "clinic-test";
 
 /// The repository's `policies/clinic`.
-fn clinic_dir() -> PathBuf {
+pub(super) fn clinic_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/clinic")
 }
 
