@@ -1,6 +1,6 @@
-//! Flow telemetry on SQLite: batch ingest (one `BEGIN IMMEDIATE` transaction, one cached
-//! prepared single-row statement, seqs handed out from `flow_head` up front), queries and
-//! retention.
+//! Flow telemetry on SQLite: batch ingest (in a group commit's `BEGIN IMMEDIATE`
+//! transaction, one cached prepared single-row statement, seqs handed out from
+//! `flow_head` up front), queries and retention.
 //!
 //! Why one row per statement execution, not multi-row `INSERT … VALUES (…), (…)`: a
 //! multi-row statement that can fail part-way needs a statement journal (every page it
@@ -9,13 +9,12 @@
 //! record was new. Measured with `check_flow_ingest_rate` (release, 2 cores): single-row
 //! ≈ 35k/44k records/s (batch 100/500) against ≈ 31k/39k for 32-row statements.
 //!
-//! What is left is mostly SQLite writing each commit's dirty index pages to the WAL.
-//! Record ids are random, so nearly every record dirties its own page of the id index
-//! (≈ 1.6 WAL frames per record at batch 500); ids that start with their time would
-//! make that index append-only (the same bench with ordered ids: ≈ 55k/65k+). Those
-//! figures predate the realistic benchmark (random request ids, PHI pseudonyms, audit
-//! entries: 11.8–14.7k/s, see bench/RESULTS.md), whose three more random-key indexes
-//! (request id, subject; the audit log's subject) cost the same way.
+//! What is left is mostly SQLite writing each commit's dirty index pages to the WAL: a
+//! key that lands on a random page (a caller-sent random request id, the audit log's
+//! patient pseudonym) dirties its own page per record. Hence time-ordered record and
+//! request ids, no flows index on the pseudonym (schema v7), group commit of concurrent
+//! batches (`group.rs`) and WAL checkpoints off the write path (`checkpointer.rs`);
+//! bench/RESULTS.md has the measurements.
 
 use std::sync::LazyLock;
 
