@@ -14,7 +14,13 @@ fn main() {
     let guest = manifest_dir.join("../../policies/guest");
     let guest = guest.canonicalize().unwrap_or(guest);
 
-    for rel in ["src", "Cargo.toml", "Cargo.lock", "build.rs"] {
+    for rel in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", guest.join(rel).display());
     }
     println!("cargo:rerun-if-changed=build.rs");
