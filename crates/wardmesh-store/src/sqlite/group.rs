@@ -91,8 +91,12 @@ fn store(
 ) -> Result<Vec<Result<IngestOutcome, StoreError>>, StoreError> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let outcomes = if let [job] = jobs {
-        // Alone: the transaction is the batch, no savepoint needed.
-        vec![Ok(ingest_batch(&tx, &job.records, &job.audit)?)]
+        // Alone: the transaction is the batch, no savepoint needed. Its own error goes
+        // back as it is (dropping the transaction rolls it back).
+        match ingest_batch(&tx, &job.records, &job.audit) {
+            Ok(outcome) => vec![Ok(outcome)],
+            Err(e) => return Ok(vec![Err(e)]),
+        }
     } else {
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {

@@ -123,6 +123,15 @@ async fn a_failing_batch_in_a_group_is_rolled_back_alone() {
         assert!(audited > 0);
         assert_eq!(verify(&store).await, Ok(audited));
 
+        // Alone, the failed batch gets its own error too, not a commit failure.
+        let poisoned = &batches[POISONED as usize];
+        let err = store
+            .ingest_flows_audited(poisoned, &audit_for(poisoned))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("poisoned record"), "{err}");
+        assert!(matches!(err, StoreError::Sqlite(_)), "{err:?}");
+
         // The failed batch, resent without its bad record, is stored whole.
         let mut fixed = batches[POISONED as usize].clone();
         fixed[PER_BATCH as usize / 2].route = None;
