@@ -14,11 +14,15 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use wardmesh_policy::bundle::MAX_BUNDLE_BYTES;
 
 use super::{PolicyConfig, PolicyKeyConfig, PolicyLoader};
+
+/// A compile takes seconds (1–4 s measured); a child still running after this is stuck.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(crate) const EXAMPLE: &str = "\
 Example (warm the cache in an init container, so the agent only maps the module):
@@ -93,24 +97,45 @@ pub(super) fn in_child(exe: &Path, config: &PolicyConfig, bundle: &[u8]) -> Resu
         .env("RUST_LOG", "warn")
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    // The child reads all of stdin before it starts work, so this cannot deadlock with
-    // its stderr; dropping the handle closes the pipe (end of the bundle).
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(bundle)
-            .map_err(|e| format!("cannot pass the bundle to the compiler process: {e}"))?;
+    // Written and drained on their own threads, so neither a child that stops reading
+    // nor a chatty one can block the agent past the deadline below; dropping the stdin
+    // handle closes the pipe (end of the bundle).
+    let stdin = child.stdin.take().map(|mut pipe| {
+        let bundle = bundle.to_vec();
+        std::thread::spawn(move || pipe.write_all(&bundle))
+    });
+    let stderr = child.stderr.take().map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    });
+    let deadline = Instant::now() + COMPILE_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "compiler process still running after {} s; killed",
+                    COMPILE_TIMEOUT.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("compiler process: {e}")),
+        }
+    };
+    // A child that succeeded has read the whole bundle; one that failed early may have
+    // closed the pipe (EPIPE here), and its stderr says more than that.
+    let _ = stdin.map(|t| t.join());
+    if status.success() {
+        return Ok(());
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("compiler process: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        Err(format!(
-            "compiler process {}: {}",
-            out.status,
-            stderr.trim().chars().take(500).collect::<String>()
-        ))
-    }
+    let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    Err(format!(
+        "compiler process {status}: {}",
+        stderr.trim().chars().take(500).collect::<String>()
+    ))
 }
