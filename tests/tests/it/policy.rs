@@ -84,14 +84,13 @@ fn permissive_copy(dir: &Path) -> PathBuf {
         std::fs::copy(clinic_dir().join(f), out.join(f)).unwrap();
     }
     let rego = std::fs::read_to_string(out.join("authz.rego")).unwrap();
-    let rego = rego.replace(
-        "\tpurpose == \"HPAYMT\"\n\tbilling_read\n",
-        "\tpurpose == \"HPAYMT\"\n\tis_read\n",
-    );
-    assert!(
-        rego.contains("\tis_read\n}"),
+    let from = "\t\"billing\" in input.user.roles\n\trecord_kind == \"billing\"\n";
+    assert_eq!(
+        rego.matches(from).count(),
+        1,
         "the clinic policy changed shape"
     );
+    let rego = rego.replace(from, "\t\"billing\" in input.user.roles\n");
     std::fs::write(out.join("authz.rego"), rego).unwrap();
     out
 }
