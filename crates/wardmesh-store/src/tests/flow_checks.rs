@@ -154,27 +154,31 @@ pub(super) async fn check_flows_ingest_idempotent(store: Store) {
     );
 }
 
-/// Audit events ride along with their records: appended once, in the same transaction,
-/// never again for a resent batch.
-pub(super) async fn check_flows_ingest_audited(store: Store) {
-    let audit_for = |records: &[FlowRecord]| -> Vec<FlowAudit> {
-        records
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.subject_pseudonym.is_some())
-            .map(|(i, r)| FlowAudit {
+/// A `phi.access` entry for each record that names a patient, as the control plane
+/// makes them (fewer fields).
+pub(super) fn audit_for(records: &[FlowRecord]) -> Vec<FlowAudit> {
+    records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            Some(FlowAudit {
                 record: i,
                 event: Event {
                     id: 0,
                     at: r.at,
                     kind: "phi.access".to_owned(),
                     actor: r.source.clone().unwrap_or_default(),
-                    subject: r.subject_pseudonym.clone().unwrap_or_default(),
+                    subject: r.subject_pseudonym.clone()?,
                     detail: serde_json::json!({ "flow_id": r.id }),
                 },
             })
-            .collect()
-    };
+        })
+        .collect()
+}
+
+/// Audit events ride along with their records: appended once, in the same transaction,
+/// never again for a resent batch.
+pub(super) async fn check_flows_ingest_audited(store: Store) {
     let batch: Vec<FlowRecord> = (0..9).map(flow).collect();
     let out = store
         .ingest_flows_audited(&batch, &audit_for(&batch))

@@ -7,34 +7,14 @@ use tokio::task::JoinSet;
 use wardmesh_proto::flow::FlowRecord;
 
 use super::audit_checks::verify;
-use super::flow_checks::flow;
+use super::flow_checks::{audit_for, flow};
 use super::run_on_sqlite;
-use crate::{Event, FlowAudit, FlowQuery, StoreError};
+use crate::{FlowQuery, StoreError};
 
 const BATCHES: u64 = 8;
 const PER_BATCH: u64 = 40;
 /// The batch with the record the trigger refuses.
 const POISONED: u64 = 3;
-
-fn audit_for(records: &[FlowRecord]) -> Vec<FlowAudit> {
-    records
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| {
-            Some(FlowAudit {
-                record: i,
-                event: Event {
-                    id: 0,
-                    at: r.at,
-                    kind: "phi.access".to_owned(),
-                    actor: r.source.clone().unwrap_or_default(),
-                    subject: r.subject_pseudonym.clone()?,
-                    detail: serde_json::json!({ "flow_id": r.id }),
-                },
-            })
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn a_failing_batch_in_a_group_is_rolled_back_alone() {
