@@ -102,6 +102,16 @@ impl PolicyLoader {
         Ok(engine?)
     }
 
+    /// Verifies `bytes` and compiles its module into the cache without instantiating it
+    /// (what `precompile-policy` runs); returns whether it was cached already.
+    pub fn warm_cache(&self, bytes: &[u8]) -> Result<bool, LoadFailure> {
+        if self.keys.is_empty() {
+            return Err(LoadFailure::NoKeys);
+        }
+        let verified = verify_bundle(bytes, &self.keys)?;
+        Ok(self.runtime.warm_cache(&verified)?)
+    }
+
     pub fn load_file(&self, path: &Path) -> Result<(PolicyEngine, String), LoadFailure> {
         let bytes = std::fs::read(path).map_err(|e| LoadFailure::Read {
             path: path.display().to_string(),

@@ -7,8 +7,8 @@
 //! that mapped the module from its cache (bench/RESULTS.md). With a module cache
 //! configured, the agent therefore runs `wardmesh-agent precompile-policy` with the
 //! bundle on stdin: the child verifies the bundle with the same keys, compiles it into
-//! the cache and exits; the agent then verifies the bundle itself and maps the native
-//! code from the cache. If the child fails, the agent compiles in process (and says so),
+//! the cache (`PolicyRuntime::warm_cache`, nothing instantiated) and exits; the agent
+//! then verifies the bundle itself and maps the native code from the cache. If the child fails, the agent compiles in process (and says so),
 //! so a policy still activates — only the memory peak differs.
 
 use std::io::{Read, Write};
@@ -70,7 +70,7 @@ pub fn main(args: PrecompileArgs) -> anyhow::Result<()> {
         cache_dir: Some(args.cache_dir),
         ..PolicyConfig::default()
     })?;
-    loader.load(&bytes, None)?;
+    loader.warm_cache(&bytes)?;
     Ok(())
 }
 
