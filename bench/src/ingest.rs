@@ -26,7 +26,7 @@ use wardmesh_proto::flow::{
     FlowDirection, FlowKind, FlowRecord, IngestBatch, MAX_BATCH_RECORDS, Verdict, new_record_id,
     subject_pseudonym, time_ordered_bits,
 };
-use wardmesh_store::Store;
+use wardmesh_store::{AuditQuery, Store};
 
 use crate::machine::{CpuSnapshot, Facts, loadavg};
 use crate::stats::{Errors, Row, Summary, Table};
@@ -217,6 +217,7 @@ async fn measure(name: &str, store: &Store, args: &Args) -> anyhow::Result<Row> 
         }
     }
     errors.print(name);
+    disclosure_reads(name, store).await?;
     let mut summary = Summary::new(lat, elapsed);
     // Summary counts batches; the row reports records.
     summary.ops = stored as usize;
@@ -233,6 +234,36 @@ async fn measure(name: &str, store: &Store, args: &Args) -> anyhow::Result<Row> 
         cpu,
         timed: true,
     })
+}
+
+/// The read side of what was just stored: the accounting of disclosures' query (one
+/// patient's PHI accesses, denies and break-glass uses, first page of 100) for 20
+/// patients, timed through the store.
+async fn disclosure_reads(name: &str, store: &Store) -> anyhow::Result<()> {
+    let mut times = Vec::new();
+    let mut found = 0;
+    for k in 0..20u64 {
+        let patient = format!("patient-{}", k * 2_477 % 50_000);
+        let q = AuditQuery {
+            subject: Some(subject_pseudonym(b"bench-mesh-key", &patient)),
+            kinds: ["phi.access", "breakglass.use", "authz.deny"]
+                .map(str::to_owned)
+                .to_vec(),
+            limit: 100,
+            ..AuditQuery::default()
+        };
+        let t0 = Instant::now();
+        found += store.audit_entries(&q).await?.len();
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    println!(
+        "{name}: disclosures query (20 patients, first page): p50 {:.1} ms, max {:.1} ms, \
+         {found} entries",
+        times[times.len() / 2].as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3,
+    );
+    Ok(())
 }
 
 /// What the `POST /v1/flows` handler does after parsing the body; records stored.

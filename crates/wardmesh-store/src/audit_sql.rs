@@ -152,6 +152,23 @@ pub(crate) fn entry_query(
     q: &AuditQuery,
     placeholder: impl Fn(usize) -> String,
 ) -> (String, Vec<Param>) {
+    let (mut sql, mut params) = entry_filter(q, true, &placeholder);
+    let order = if q.newest { "DESC" } else { "ASC" };
+    params.push(Param::Int(i64::from(q.limit)));
+    sql.push_str(&format!(
+        " ORDER BY id {order} LIMIT {}",
+        placeholder(params.len())
+    ));
+    (sql, params)
+}
+
+/// `SELECT … FROM events WHERE …` with every filter of `q` (the subject only if
+/// `with_subject`), without order or limit; `placeholder(n)` names the `n`th parameter.
+pub(crate) fn entry_filter(
+    q: &AuditQuery,
+    with_subject: bool,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<Param>) {
     let mut params = vec![Param::Int(q.after)];
     let mut sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM events WHERE id > {}",
@@ -188,7 +205,7 @@ pub(crate) fn entry_query(
     if !q.kinds.is_empty() {
         sql.push(')');
     }
-    if let Some(subject) = &q.subject {
+    if let Some(subject) = q.subject.as_ref().filter(|_| with_subject) {
         push(&mut sql, " AND subject = ?", Param::Text(subject.clone()));
     }
     if let Some(since) = q.since {
@@ -197,12 +214,6 @@ pub(crate) fn entry_query(
     if let Some(until) = q.until {
         push(&mut sql, " AND at_us < ?", Param::Int(to_micros(until)));
     }
-    let order = if q.newest { "DESC" } else { "ASC" };
-    push(
-        &mut sql,
-        &format!(" ORDER BY id {order} LIMIT ?"),
-        Param::Int(i64::from(q.limit)),
-    );
     (sql, params)
 }
 

@@ -56,6 +56,11 @@ pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/sqlite/0007_drop_flows_by_subject.sql"),
         chain_existing_events: false,
     },
+    Migration {
+        version: 8,
+        sql: include_str!("../schema/sqlite/0008_audit_subject_runs.sql"),
+        chain_existing_events: false,
+    },
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -94,10 +99,15 @@ pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/postgres/0007_drop_flows_by_subject.sql"),
         chain_existing_events: false,
     },
+    Migration {
+        version: 8,
+        sql: include_str!("../schema/postgres/0008_audit_subject_runs.sql"),
+        chain_existing_events: false,
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The bookkeeping table, identical on both backends.
 pub(crate) const CREATE_SCHEMA_VERSION: &str = "CREATE TABLE IF NOT EXISTS schema_version (\

@@ -9,6 +9,7 @@ mod checkpointer;
 mod flows;
 mod group;
 mod objects;
+pub(crate) mod subjects;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

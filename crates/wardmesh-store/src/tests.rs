@@ -250,6 +250,7 @@ store_checks!(
     check_audit_chain_appends,
     check_audit_queries,
     check_audit_by_subject,
+    check_audit_by_subject_across_appends_and_prune,
     check_audit_checkpoints,
     check_audit_prune,
     check_commit_issuance_race,

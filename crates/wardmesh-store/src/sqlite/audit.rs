@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension as _, Row, Transaction, Transaction
 use time::OffsetDateTime;
 
 use super::SqliteBackend;
+use super::subjects;
 use crate::audit_sql::{
     ChainedRow, LegacyRow, Param, backfill_rows, chain_rows, entry_from_columns, entry_query,
 };
@@ -37,7 +38,10 @@ impl SqliteBackend {
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let q = q.clone();
         self.run(move |c| {
-            let (sql, params) = entry_query(&q, |n| format!("?{n}"));
+            let (sql, params) = match q.subject.as_deref() {
+                Some(subject) => subjects::entry_query(&q, subject),
+                None => entry_query(&q, |n| format!("?{n}")),
+            };
             let values: Vec<rusqlite::types::Value> = params
                 .into_iter()
                 .map(|p| match p {
@@ -160,6 +164,7 @@ impl SqliteBackend {
             }
             check_covers(&tx, cp.seq, &cp.head_hash)?;
             let entries = tx.execute("DELETE FROM events WHERE id <= ?1", [cp.seq])?;
+            subjects::prune(&tx, cp.seq)?;
             let checkpoints =
                 tx.execute("DELETE FROM audit_checkpoints WHERE seq < ?1", [cp.seq])?;
             let pruned_at = from_micros(to_micros(now))?;
@@ -220,6 +225,7 @@ pub(super) fn append_in<E: std::borrow::Borrow<Event>>(
         tx.prepare_cached("UPDATE audit_head SET hash = ?1 WHERE singleton = 1")?
             .execute([&last.hash])?;
     }
+    subjects::seal(tx, last_seq)?;
     Ok(rows.iter().map(|r| r.seq).collect())
 }
 

@@ -46,7 +46,7 @@ pub(super) async fn verify(store: &Store) -> Result<u64, ChainBreak> {
     Ok(walker.checked())
 }
 
-fn checkpoint_at(head: &ChainHead) -> Checkpoint {
+pub(super) fn checkpoint_at(head: &ChainHead) -> Checkpoint {
     Checkpoint {
         id: 0,
         seq: head.seq,
@@ -58,7 +58,7 @@ fn checkpoint_at(head: &ChainHead) -> Checkpoint {
 }
 
 /// The head after `seq`, read from the stored entry.
-async fn head_at(store: &Store, seq: i64) -> ChainHead {
+pub(super) async fn head_at(store: &Store, seq: i64) -> ChainHead {
     let q = AuditQuery {
         after: seq - 1,
         limit: 1,

@@ -1,7 +1,7 @@
 //! Reading the audit log by subject and by a set of kinds, as the accounting of
 //! disclosures does; run on both backends (see `tests.rs`).
 
-use super::audit_checks::store_seqs;
+use super::audit_checks::{checkpoint_at, head_at, store_seqs};
 use super::fixtures::{T0, at, event};
 use crate::{AuditQuery, Event, Store};
 
@@ -145,4 +145,84 @@ pub(super) async fn check_audit_by_subject(store: Store) {
         (1, "phi.access", P)
     );
     assert_eq!(e.detail, event(1).detail);
+}
+
+/// One subject's entries stay exact however appends fall: batches of every size (SQLite
+/// seals runs of 4 entries in unit tests, so these cross run edges inside a batch, at its
+/// end and several at once), newest-first pages, and a prune whose cut lands inside a run.
+pub(super) async fn check_audit_by_subject_across_appends_and_prune(store: Store) {
+    // Entry n is about patient "p{n % 3}".
+    let of = |n: i64| Event {
+        kind: "phi.access".to_owned(),
+        subject: format!("p{}", n % 3),
+        ..event(n)
+    };
+    let mut n = 0;
+    for size in [1, 3, 4, 9, 2, 1, 5] {
+        let batch: Vec<Event> = (n + 1..=n + size).map(of).collect();
+        store.append_events(&batch).await.unwrap();
+        n += size;
+    }
+    assert_eq!(n, 25);
+    let subject = |p: &str, after: i64, limit: u32, newest: bool| AuditQuery {
+        subject: Some(p.to_owned()),
+        after,
+        limit,
+        newest,
+        ..AuditQuery::default()
+    };
+    let expect =
+        |r: i64, from: i64, n: i64| (from..=n).filter(|s| s % 3 == r).collect::<Vec<i64>>();
+    for (r, p) in ["p0", "p1", "p2"].iter().enumerate() {
+        let r = r as i64;
+        assert_eq!(
+            store_seqs(&store, &subject(p, 0, 100, false)).await,
+            expect(r, 1, n)
+        );
+        // Paged by 2, ascending: the concatenation is the whole list.
+        let mut all: Vec<i64> = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store_seqs(&store, &subject(p, after, 2, false)).await;
+            let Some(&last) = page.last() else { break };
+            all.extend(&page);
+            after = last;
+        }
+        assert_eq!(all, expect(r, 1, n), "paged {p}");
+        // The newest three, ascending.
+        let newest = expect(r, 1, n).split_off(expect(r, 1, n).len() - 3);
+        assert_eq!(store_seqs(&store, &subject(p, 0, 3, true)).await, newest);
+    }
+
+    // Prune through seq 10 (inside the third run of 4), then append more.
+    let cp = store
+        .append_checkpoint(&checkpoint_at(&head_at(&store, 10).await))
+        .await
+        .unwrap();
+    let out = store.prune_audit(cp.id, at(T0 + 5000)).await.unwrap();
+    assert_eq!(out.entries_removed, 10);
+    for r in 0..3 {
+        let p = format!("p{r}");
+        assert_eq!(
+            store_seqs(&store, &subject(&p, 0, 100, false)).await,
+            expect(r, 11, n),
+            "{p} after the prune"
+        );
+    }
+    let batch: Vec<Event> = (26..=33).map(of).collect();
+    store.append_events(&batch).await.unwrap();
+    let n = 33;
+    for r in 0..3 {
+        let p = format!("p{r}");
+        assert_eq!(
+            store_seqs(&store, &subject(&p, 0, 100, false)).await,
+            expect(r, 11, n),
+            "{p} after appending past the prune"
+        );
+    }
+    assert!(
+        store_seqs(&store, &subject("p3", 0, 100, false))
+            .await
+            .is_empty()
+    );
 }
