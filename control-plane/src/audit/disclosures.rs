@@ -5,7 +5,7 @@
 //! (`phi.access`; `authz.deny` when denied, `breakglass.use` under a grant), with the
 //! pseudonym as its subject and the record's who/when/why in its detail
 //! ([`crate::flows::audit_for`]). The accounting reads those entries by subject and kind
-//! (index `events_by_subject`), never the flows table: flows are pruned after
+//! (an index on PostgreSQL, sealed runs on SQLite), never the flows table: flows are pruned after
 //! `--flow-retention` (30 days by default) while HIPAA's accounting covers six years, and
 //! audit entries are kept for `--audit-retention` (default forever). So the accounting
 //! reaches back as far as the audit log does, and its paging cursors (`after`,

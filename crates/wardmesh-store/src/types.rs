@@ -235,7 +235,8 @@ pub struct AuditQuery {
     /// restriction. Combines with `kind` (both must match). One query, so `limit` counts
     /// only matches and a short page is the last.
     pub kinds: Vec<String>,
-    /// Only entries whose subject is exactly this (index `events_by_subject`).
+    /// Only entries whose subject is exactly this (PostgreSQL: index `events_by_subject`;
+    /// SQLite: sealed runs, `sqlite/subjects.rs`).
     pub subject: Option<String>,
     /// Only entries at or after this instant.
     pub since: Option<OffsetDateTime>,
