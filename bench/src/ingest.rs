@@ -26,7 +26,7 @@ use wardmesh_proto::flow::{
     FlowDirection, FlowKind, FlowRecord, IngestBatch, MAX_BATCH_RECORDS, Verdict, new_record_id,
     subject_pseudonym, time_ordered_bits,
 };
-use wardmesh_store::{AuditQuery, Store};
+use wardmesh_store::{AuditQuery, FlowQuery, Store};
 
 use crate::machine::{CpuSnapshot, Facts, loadavg};
 use crate::stats::{Errors, Row, Summary, Table};
@@ -209,15 +209,18 @@ async fn measure(name: &str, store: &Store, args: &Args) -> anyhow::Result<Row> 
     let elapsed = start.elapsed();
     let cpu = CpuSnapshot::now().since(&cpu0);
     // Idempotency, checked where it counts: a resent batch stores and audits nothing.
-    if let Some((peer, batch)) = replay {
-        let audit = audit_for(&peer, &batch.records);
+    if let Some((peer, batch)) = &replay {
+        let audit = audit_for(peer, &batch.records);
         let out = store.ingest_flows_audited(&batch.records, &audit).await?;
         if out.inserted != 0 || out.audited != 0 {
             errors.record(format!("a resent batch was stored again: {out:?}"));
         }
     }
-    errors.print(name);
     disclosure_reads(name, store).await?;
+    if let Some((_, batch)) = &replay {
+        request_id_reads(name, store, batch, &errors).await?;
+    }
+    errors.print(name);
     let mut summary = Summary::new(lat, elapsed);
     // Summary counts batches; the row reports records.
     summary.ops = stored as usize;
@@ -260,6 +263,38 @@ async fn disclosure_reads(name: &str, store: &Store) -> anyhow::Result<()> {
     println!(
         "{name}: disclosures query (20 patients, first page): p50 {:.1} ms, max {:.1} ms, \
          {found} entries",
+        times[times.len() / 2].as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// Flows by request id (`GET /v1/flows?request_id=`) for 20 records of the last batch
+/// stored, timed through the store; each must find its record.
+async fn request_id_reads(
+    name: &str,
+    store: &Store,
+    batch: &IngestBatch,
+    errors: &Errors,
+) -> anyhow::Result<()> {
+    let mut times = Vec::new();
+    for r in batch.records.iter().step_by(batch.records.len().div_ceil(20).max(1)) {
+        let q = FlowQuery {
+            request_id: r.request_id.clone(),
+            limit: 10,
+            ..FlowQuery::default()
+        };
+        let t0 = Instant::now();
+        let found = store.query_flows(&q).await?;
+        times.push(t0.elapsed());
+        if !found.iter().any(|f| f.record.id == r.id) {
+            errors.record("a request id lookup missed its record".to_owned());
+        }
+    }
+    times.sort();
+    println!(
+        "{name}: request id query ({} lookups): p50 {:.1} ms, max {:.1} ms",
+        times.len(),
         times[times.len() / 2].as_secs_f64() * 1e3,
         times[times.len() - 1].as_secs_f64() * 1e3,
     );

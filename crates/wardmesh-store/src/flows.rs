@@ -119,6 +119,23 @@ pub(crate) fn flow_query(
     q: &FlowQuery,
     placeholder: impl Fn(usize) -> String,
 ) -> (String, Vec<FlowParam>) {
+    let (mut sql, mut params) = flow_filter(q, true, &placeholder);
+    let order = if q.newest { "DESC" } else { "ASC" };
+    params.push(FlowParam::Int(i64::from(q.limit)));
+    sql.push_str(&format!(
+        " ORDER BY seq {order} LIMIT {}",
+        placeholder(params.len())
+    ));
+    (sql, params)
+}
+
+/// `SELECT … FROM flows WHERE …` with every filter of `q` (the request id only if
+/// `with_request_id`), without order or limit; `placeholder(n)` names the `n`th parameter.
+pub(crate) fn flow_filter(
+    q: &FlowQuery,
+    with_request_id: bool,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<FlowParam>) {
     let mut params = vec![FlowParam::Int(q.after)];
     let mut sql = format!(
         "SELECT {FLOW_COLUMNS} FROM flows WHERE seq > {}",
@@ -156,7 +173,10 @@ pub(crate) fn flow_query(
         ("route", &q.route),
         ("user_subject", &q.user),
         ("purpose", &q.purpose),
-        ("request_id", &q.request_id),
+        (
+            "request_id",
+            &q.request_id.clone().filter(|_| with_request_id),
+        ),
     ] {
         if let Some(v) = value {
             push(
@@ -179,12 +199,6 @@ pub(crate) fn flow_query(
     if let Some(until) = q.until {
         push(&mut sql, " AND at_us < ?", FlowParam::Int(to_micros(until)));
     }
-    let order = if q.newest { "DESC" } else { "ASC" };
-    push(
-        &mut sql,
-        &format!(" ORDER BY seq {order} LIMIT ?"),
-        FlowParam::Int(i64::from(q.limit)),
-    );
     (sql, params)
 }
 

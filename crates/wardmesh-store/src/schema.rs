@@ -58,7 +58,7 @@ pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 8,
-        sql: include_str!("../schema/sqlite/0008_audit_subject_runs.sql"),
+        sql: include_str!("../schema/sqlite/0008_sealed_runs.sql"),
         chain_existing_events: false,
     },
 ];
@@ -101,7 +101,7 @@ pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 8,
-        sql: include_str!("../schema/postgres/0008_audit_subject_runs.sql"),
+        sql: include_str!("../schema/postgres/0008_sealed_runs.sql"),
         chain_existing_events: false,
     },
 ];

@@ -4,12 +4,12 @@
 //! timeout) instead of failing on a lock upgrade. The audit log's operations are in
 //! `sqlite/audit.rs`.
 
-mod audit;
+pub(crate) mod audit;
 mod checkpointer;
-mod flows;
+pub(crate) mod flows;
 mod group;
 mod objects;
-pub(crate) mod subjects;
+mod runs;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

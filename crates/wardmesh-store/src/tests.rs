@@ -281,6 +281,7 @@ store_checks!(
     check_flows_ingest_audited,
     check_flows_query_filters,
     check_flows_prune,
+    check_flows_by_request_id_across_batches_and_prune,
 );
 db_checks!(
     check_flows_follow_concurrent_replicas,

@@ -236,7 +236,7 @@ pub struct AuditQuery {
     /// only matches and a short page is the last.
     pub kinds: Vec<String>,
     /// Only entries whose subject is exactly this (PostgreSQL: index `events_by_subject`;
-    /// SQLite: sealed runs, `sqlite/subjects.rs`).
+    /// SQLite: sealed runs, `sqlite/runs.rs`).
     pub subject: Option<String>,
     /// Only entries at or after this instant.
     pub since: Option<OffsetDateTime>,

@@ -6,9 +6,10 @@ use rusqlite::{Connection, OptionalExtension as _, Row, Transaction, Transaction
 use time::OffsetDateTime;
 
 use super::SqliteBackend;
-use super::subjects;
+use super::runs::AUDIT_SUBJECTS;
 use crate::audit_sql::{
-    ChainedRow, LegacyRow, Param, backfill_rows, chain_rows, entry_from_columns, entry_query,
+    ChainedRow, LegacyRow, Param, backfill_rows, chain_rows, entry_filter, entry_from_columns,
+    entry_query,
 };
 use crate::schema::{from_micros, to_micros};
 use crate::{
@@ -39,7 +40,7 @@ impl SqliteBackend {
         let q = q.clone();
         self.run(move |c| {
             let (sql, params) = match q.subject.as_deref() {
-                Some(subject) => subjects::entry_query(&q, subject),
+                Some(subject) => subject_query(&q, subject),
                 None => entry_query(&q, |n| format!("?{n}")),
             };
             let values: Vec<rusqlite::types::Value> = params
@@ -164,7 +165,7 @@ impl SqliteBackend {
             }
             check_covers(&tx, cp.seq, &cp.head_hash)?;
             let entries = tx.execute("DELETE FROM events WHERE id <= ?1", [cp.seq])?;
-            subjects::prune(&tx, cp.seq)?;
+            AUDIT_SUBJECTS.prune(&tx, cp.seq)?;
             let checkpoints =
                 tx.execute("DELETE FROM audit_checkpoints WHERE seq < ?1", [cp.seq])?;
             let pruned_at = from_micros(to_micros(now))?;
@@ -199,6 +200,17 @@ impl SqliteBackend {
     }
 }
 
+/// The entry query for `q` when it names `subject`, with its parameters: a lookup of the
+/// sealed runs of `events.subject` (schema v8, `runs.rs`).
+pub(crate) fn subject_query(q: &AuditQuery, subject: &str) -> (String, Vec<Param>) {
+    let (filter, mut params) = entry_filter(q, false, |n| format!("?{n}"));
+    params.push(Param::Text(subject.to_owned()));
+    let key = params.len();
+    params.push(Param::Int(i64::from(q.limit)));
+    let sql = AUDIT_SUBJECTS.lookup(&filter, key, params.len(), q.newest);
+    (sql, params)
+}
+
 /// Appends `events` inside the caller's write transaction (`BEGIN IMMEDIATE`, so the head
 /// read here is the committed one; `tx` may be a savepoint within it) and returns their seqs: claims seqs head+1..=head+n,
 /// chains the events onto the head's hash and moves the head to the last one.
@@ -225,7 +237,7 @@ pub(super) fn append_in<E: std::borrow::Borrow<Event>>(
         tx.prepare_cached("UPDATE audit_head SET hash = ?1 WHERE singleton = 1")?
             .execute([&last.hash])?;
     }
-    subjects::seal(tx, last_seq)?;
+    AUDIT_SUBJECTS.seal(tx, last_seq)?;
     Ok(rows.iter().map(|r| r.seq).collect())
 }
 

@@ -18,17 +18,18 @@
 
 use std::sync::LazyLock;
 
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, Row, TransactionBehavior, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use wardmesh_proto::flow::{FlowRecord, StoredFlow};
 
 use super::SqliteBackend;
 use super::group::{self, Job};
+use super::runs::FLOW_REQUEST_IDS;
 use crate::StoreError;
 use crate::flows::{
     FLOW_COLUMNS, FlowAudit, FlowParam, FlowQuery, IngestOutcome, PRUNE_CHUNK, RawFlow, events_for,
-    flow_query, stored_count,
+    flow_filter, flow_query, stored_count,
 };
 use crate::schema::to_micros;
 
@@ -80,7 +81,10 @@ impl SqliteBackend {
     pub(crate) async fn query_flows(&self, q: &FlowQuery) -> Result<Vec<StoredFlow>, StoreError> {
         let q = q.clone();
         self.run(move |c| {
-            let (sql, params) = flow_query(&q, |n| format!("?{n}"));
+            let (sql, params) = match q.request_id.as_deref() {
+                Some(id) => request_id_query(&q, id),
+                None => flow_query(&q, |n| format!("?{n}")),
+            };
             let values: Vec<rusqlite::types::Value> = params
                 .into_iter()
                 .map(|p| match p {
@@ -110,11 +114,20 @@ impl SqliteBackend {
             // One short transaction per chunk: ingest gets the write lock in between.
             let n = self
                 .run(move |c| {
-                    Ok(c.prepare_cached(
-                        "DELETE FROM flows WHERE seq IN \
-                         (SELECT seq FROM flows WHERE at_us < ?1 LIMIT ?2)",
-                    )?
-                    .execute(params![before_us, PRUNE_CHUNK])?)
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let n = tx
+                        .prepare_cached(
+                            "DELETE FROM flows WHERE seq IN \
+                             (SELECT seq FROM flows WHERE at_us < ?1 LIMIT ?2)",
+                        )?
+                        .execute(params![before_us, PRUNE_CHUNK])?;
+                    // Flows are pruned by time, so only the runs wholly below the oldest
+                    // flow kept are dropped.
+                    let oldest: Option<i64> =
+                        tx.query_row("SELECT min(seq) FROM flows", [], |r| r.get(0))?;
+                    FLOW_REQUEST_IDS.prune(&tx, oldest.map_or(i64::MAX, |s| s - 1))?;
+                    tx.commit()?;
+                    Ok(n)
                 })
                 .await?;
             removed += n as u64;
@@ -151,7 +164,19 @@ fn ingest_in(tx: &Connection, records: &[FlowRecord]) -> Result<Vec<bool>, Store
         bind_row(&mut insert, seq, r)?;
         mask.push(insert.raw_execute()? == 1);
     }
+    FLOW_REQUEST_IDS.seal(tx, last)?;
     Ok(mask)
+}
+
+/// The flow query for `q` when it names a request id, with its parameters: a lookup of
+/// the sealed runs of `flows.request_id` (schema v8, `runs.rs`).
+pub(crate) fn request_id_query(q: &FlowQuery, request_id: &str) -> (String, Vec<FlowParam>) {
+    let (filter, mut params) = flow_filter(q, false, |n| format!("?{n}"));
+    params.push(FlowParam::Text(request_id.to_owned()));
+    let key = params.len();
+    params.push(FlowParam::Int(i64::from(q.limit)));
+    let sql = FLOW_REQUEST_IDS.lookup(&filter, key, params.len(), q.newest);
+    (sql, params)
 }
 
 /// Binds one record's columns, in [`FLOW_COLUMNS`] order. Every parameter is bound on

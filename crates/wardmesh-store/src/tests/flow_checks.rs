@@ -404,6 +404,70 @@ pub(super) async fn check_flows_prune(store: Store) {
     assert_eq!(ids(&after), [flow(500).id]);
 }
 
+/// Flows by request id stay exact however batches fall (SQLite seals runs of 4 flows in
+/// unit tests, so these cross run edges inside a batch, at its end and several at once;
+/// a duplicate leaves a gap in the seqs), newest-first, and around a prune by time.
+pub(super) async fn check_flows_by_request_id_across_batches_and_prune(store: Store) {
+    let records: Vec<FlowRecord> = (0..40).map(flow).collect();
+    let mut from = 0;
+    for size in [1, 3, 4, 9, 2, 1, 5, 15] {
+        let mut batch = records[from..from + size].to_vec();
+        // A resent record: skipped, its seq left unused.
+        batch.push(records[from].clone());
+        store.ingest_flows(&batch).await.unwrap();
+        from += size;
+    }
+    assert_eq!(from, records.len());
+    let by = |id: &str, newest: bool| FlowQuery {
+        request_id: Some(id.to_owned()),
+        newest,
+        limit: 10,
+        ..FlowQuery::default()
+    };
+    let check = |store: Store, kept: std::ops::Range<usize>, why: &'static str| {
+        let records = records.clone();
+        async move {
+            for r in 0..25 {
+                let id = format!("req-{r:04}");
+                let want = expect(&records[kept.clone()], |f| {
+                    f.request_id.as_deref() == Some(&id)
+                });
+                assert_eq!(ids(&all(&store, by(&id, false)).await), want, "{id} {why}");
+                let newest = store
+                    .query_flows(&FlowQuery {
+                        limit: 1,
+                        ..by(&id, true)
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    ids(&newest),
+                    want.last().cloned().into_iter().collect::<Vec<_>>(),
+                    "{id} newest {why}"
+                );
+            }
+        }
+    };
+    check(store.clone(), 0..40, "before the prune").await;
+    // The cut (time T0 + 13: flows 0..13) lands inside a run.
+    assert_eq!(store.prune_flows(at(T0 + 13)).await.unwrap(), 13);
+    check(store.clone(), 13..40, "after the prune").await;
+    let more: Vec<FlowRecord> = (40..50).map(flow).collect();
+    store.ingest_flows(&more).await.unwrap();
+    let mut records_now = records.clone();
+    records_now.extend(more);
+    for r in [20, 22, 24] {
+        let id = format!("req-{r:04}");
+        let want = expect(&records_now[13..], |f| f.request_id.as_deref() == Some(&id));
+        assert!(!want.is_empty());
+        assert_eq!(
+            ids(&all(&store, by(&id, false)).await),
+            want,
+            "{id} after more batches"
+        );
+    }
+}
+
 /// Two replicas ingest interleaved batches (with overlap) while a follower pages by seq:
 /// the follower ends up with every record exactly once.
 pub(super) async fn check_flows_follow_concurrent_replicas(db: TestDb) {

@@ -214,17 +214,47 @@ async fn postgres_server_errors_are_shown_without_the_password() {
     );
 }
 
-/// The accounting of disclosures' query (one subject, a set of kinds, in seq order) seeks
-/// once per sealed run and ranges over the unsealed tail on SQLite: never a scan of the
-/// whole audit log or of every sealed pair.
-#[tokio::test]
-async fn sqlite_reads_one_subjects_entries_through_its_index() {
+/// `EXPLAIN QUERY PLAN` of `sql` on a freshly migrated SQLite file.
+async fn sqlite_plan(sql: &str, values: Vec<rusqlite::types::Value>) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plan.db");
-    let store = Store::open(&format!("sqlite:{}", path.display()))
-        .await
+    drop(
+        Store::open(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap(),
+    );
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let plan: Vec<String> = stmt
+        .query_map(rusqlite::params_from_iter(values), |r| r.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
         .unwrap();
-    drop(store);
+    plan.join("\n")
+}
+
+/// A lookup of sealed runs seeks once per run (`run=? AND <key>=?`) and ranges over the
+/// unsealed tail: the only table it scans is the (small) run table.
+fn assert_sealed_run_lookup(plan: &str, key: &str) {
+    assert!(
+        plan.contains(&format!("SEARCH p USING PRIMARY KEY (run=? AND {key}=?)")),
+        "one seek per run: {plan}"
+    );
+    for line in plan.lines().map(str::trim) {
+        if let Some(scanned) = line.strip_prefix("SCAN ") {
+            assert!(
+                scanned == "r" || scanned.ends_with("_runs"),
+                "only the run table is scanned, not `{scanned}`: {plan}"
+            );
+        }
+    }
+}
+
+/// The accounting of disclosures' query (one subject, a set of kinds, in seq order) on
+/// SQLite: never a scan of the whole audit log or of every sealed pair. (A sort remains:
+/// the kinds' index ranges are merged by id; it holds one patient's matches.)
+#[tokio::test]
+async fn sqlite_reads_one_subjects_entries_through_its_index() {
     let q = crate::AuditQuery {
         after: 10,
         kinds: vec!["phi.access".to_owned(), "breakglass.use".to_owned()],
@@ -233,36 +263,34 @@ async fn sqlite_reads_one_subjects_entries_through_its_index() {
         limit: 100,
         ..crate::AuditQuery::default()
     };
-    let (sql, params) = crate::sqlite::subjects::entry_query(&q, &"ab".repeat(32));
-    let values: Vec<rusqlite::types::Value> = params
+    let (sql, params) = crate::sqlite::audit::subject_query(&q, &"ab".repeat(32));
+    let values = params
         .into_iter()
         .map(|p| match p {
             crate::audit_sql::Param::Int(i) => rusqlite::types::Value::Integer(i),
             crate::audit_sql::Param::Text(t) => rusqlite::types::Value::Text(t),
         })
         .collect();
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-    let plan: Vec<String> = stmt
-        .query_map(rusqlite::params_from_iter(values), |r| r.get(3))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let plan = plan.join("\n");
-    assert!(
-        plan.contains("SEARCH s USING PRIMARY KEY (run=? AND subject=?)"),
-        "one seek per run: {plan}"
-    );
-    assert!(
-        !plan.lines().any(|l| l.trim_start().starts_with("SCAN ")
-            && !l.contains("audit_subject_runs")
-            && !l.trim_end().ends_with(" r")),
-        "only the (small) run table is scanned: {plan}"
-    );
-    // A sort remains (the kinds' index ranges are merged by id): it holds one patient's
-    // matches, not the log.
-    assert!(
-        !plan.contains("SCAN events") && !plan.contains("SCAN s\n"),
-        "{plan}"
-    );
+    assert_sealed_run_lookup(&sqlite_plan(&sql, values).await, "subject");
+}
+
+/// `GET /v1/flows?request_id=` on SQLite: the same shape over the flows.
+#[tokio::test]
+async fn sqlite_reads_one_request_ids_flows_through_its_runs() {
+    let q = crate::FlowQuery {
+        request_id: Some("0a".repeat(16)),
+        verdict: Some(wardmesh_proto::flow::Verdict::Denied),
+        limit: 100,
+        ..crate::FlowQuery::default()
+    };
+    let (sql, params) = crate::sqlite::flows::request_id_query(&q, &"0a".repeat(16));
+    let values = params
+        .into_iter()
+        .map(|p| match p {
+            crate::flows::FlowParam::Int(i) => rusqlite::types::Value::Integer(i),
+            crate::flows::FlowParam::Text(t) => rusqlite::types::Value::Text(t),
+            crate::flows::FlowParam::Bool(b) => rusqlite::types::Value::Integer(i64::from(b)),
+        })
+        .collect();
+    assert_sealed_run_lookup(&sqlite_plan(&sql, values).await, "request_id");
 }
