@@ -278,7 +278,11 @@ async fn request_id_reads(
     errors: &Errors,
 ) -> anyhow::Result<()> {
     let mut times = Vec::new();
-    for r in batch.records.iter().step_by(batch.records.len().div_ceil(20).max(1)) {
+    for r in batch
+        .records
+        .iter()
+        .step_by(batch.records.len().div_ceil(20).max(1))
+    {
         let q = FlowQuery {
             request_id: r.request_id.clone(),
             limit: 10,

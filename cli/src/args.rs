@@ -442,7 +442,9 @@ pub enum AuditCommand {
         include_denied: bool,
     },
     /// Download the whole log and its checkpoints, recompute the hash chain and check each
-    /// checkpoint's signature against the pinned key; exits non-zero on the first damage.
+    /// checkpoint's signature against the pinned key, then ask the control plane whether
+    /// every entry is reachable by its subject (what the accounting of disclosures reads);
+    /// exits non-zero on the first damage.
     ///
     /// The key is pinned on first use in <home>/audit-key.pub; pass --key to use a key
     /// obtained out of band (the control plane writes it to <state dir>/audit-signing.pub).

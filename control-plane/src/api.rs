@@ -110,6 +110,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(paths::AUDIT_KEY, get(crate::audit::api::key))
         .route(
+            paths::AUDIT_SUBJECT_LOOKUP,
+            get(crate::audit::api::subject_lookup),
+        )
+        .route(
             paths::AUDIT_DISCLOSURES,
             post(crate::audit::disclosures::handler),
         )

@@ -172,6 +172,21 @@ impl AuditLog {
             .collect())
     }
 
+    /// `GET /v1/audit/subject-lookup`.
+    pub async fn subject_lookup(&self) -> Result<proto::AuditSubjectLookup, ApiFailure> {
+        use wardmesh_store::SubjectLookupCheck as Check;
+        let check = self.store.first_entry_missing_from_subject_lookup().await?;
+        let (result, first_missing_seq) = match check {
+            Check::Complete => ("complete", None),
+            Check::Missing { seq } => ("missing", Some(seq)),
+            Check::DatabaseIndex => ("database_index", None),
+        };
+        Ok(proto::AuditSubjectLookup {
+            result: result.to_owned(),
+            first_missing_seq,
+        })
+    }
+
     /// `GET /v1/audit/checkpoints`.
     pub async fn checkpoints(
         &self,

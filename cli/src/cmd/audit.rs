@@ -13,7 +13,9 @@ use wardmesh_control_plane::audit::{
     AuditPublicKey, AuditVerifier, MAX_PAGE, VerifyReport, checkpoint_from_api, entry_from_api,
 };
 use wardmesh_identity::TrustDomain;
-use wardmesh_proto::audit::{AuditCheckpoint, AuditCheckpoints, AuditEntry, AuditKey};
+use wardmesh_proto::audit::{
+    AuditCheckpoint, AuditCheckpoints, AuditEntry, AuditKey, AuditSubjectLookup,
+};
 use wardmesh_proto::disclosure::{
     Disclosure, DisclosurePage, DisclosureRequest, MAX_SUBJECT_LEN, check_subject,
 };
@@ -342,6 +344,8 @@ async fn verify(g: &Global, client: &Client, key_file: Option<PathBuf>) -> anyho
             break;
         }
     }
+    let lookup: AuditSubjectLookup = client.get(paths::AUDIT_SUBJECT_LOOKUP, &[]).await?;
+    verifier.subject_lookup(lookup.first_missing_seq);
     let report = verifier.finish();
     show(g.output, &report)?;
     if report.ok {

@@ -63,6 +63,19 @@ pub async fn checkpoints(
     )
 }
 
+/// `GET /v1/audit/subject-lookup` (auditor).
+pub async fn subject_lookup(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    reply(
+        async {
+            s.operator
+                .authorize(bearer(&headers), Role::Auditor)
+                .await?;
+            s.audit.subject_lookup().await
+        }
+        .await,
+    )
+}
+
 /// `GET /v1/audit/key` (viewer): the public key is not secret; pinning it is the point.
 pub async fn key(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     reply(

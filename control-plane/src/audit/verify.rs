@@ -39,6 +39,9 @@ pub enum Damage {
     /// A checkpoint covers `checkpoint_seq` but the log ends at `last_seq`: the tail was
     /// deleted.
     Truncated { checkpoint_seq: i64, last_seq: i64 },
+    /// The chain is whole, but queries by subject (the accounting of disclosures) leave
+    /// entry `seq` out: the store's by-subject lookup was edited (SQLite's sealed runs).
+    SubjectLookupMissing { seq: i64 },
 }
 
 impl Damage {
@@ -50,7 +53,8 @@ impl Damage {
             | Self::PrevHashMismatch { seq }
             | Self::OutOfOrder { seq, .. }
             | Self::SignatureInvalid { seq, .. }
-            | Self::CheckpointMismatch { seq, .. } => *seq,
+            | Self::CheckpointMismatch { seq, .. }
+            | Self::SubjectLookupMissing { seq } => *seq,
             Self::Truncated { last_seq, .. } => *last_seq + 1,
         }
     }
@@ -117,6 +121,12 @@ impl std::fmt::Display for Damage {
                 f,
                 "truncated: a checkpoint covers seq {checkpoint_seq} but the log ends at seq \
                  {last_seq}; entries after seq {last_seq} were deleted"
+            ),
+            Self::SubjectLookupMissing { seq } => write!(
+                f,
+                "entry {seq} is missing from the store's by-subject lookup: the chain is whole, \
+                 but the accounting of disclosures would leave it out (the lookup's tables were \
+                 edited)"
             ),
         }
     }
@@ -209,6 +219,17 @@ impl AuditVerifier {
     /// The damage found so far, if any.
     pub fn damage(&self) -> Option<&Damage> {
         self.damage.as_ref()
+    }
+
+    /// The control plane's answer on the by-subject lookup
+    /// (`GET /v1/audit/subject-lookup`), asked after the entries: a missing entry is
+    /// damage unless the chain was damaged first.
+    pub fn subject_lookup(&mut self, first_missing_seq: Option<i64>) {
+        if self.damage.is_none()
+            && let Some(seq) = first_missing_seq
+        {
+            self.damage = Some(Damage::SubjectLookupMissing { seq });
+        }
     }
 
     pub fn finish(mut self) -> VerifyReport {

@@ -78,3 +78,17 @@ pub struct AuditKey {
     /// First 16 hex digits of SHA-256 over the public key.
     pub key_id: String,
 }
+
+/// `GET /v1/audit/subject-lookup` (auditor): whether every entry of the log is reachable
+/// by its subject, as the accounting of disclosures reads it. `wardctl audit verify`
+/// checks it after the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSubjectLookup {
+    /// `complete`; `missing` (see `first_missing_seq`); or `database_index` (PostgreSQL:
+    /// an index the database maintains, nothing the control plane can check).
+    pub result: String,
+    /// With `missing`: the first entry that queries by subject leave out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_missing_seq: Option<i64>,
+}

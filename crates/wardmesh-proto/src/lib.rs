@@ -35,6 +35,8 @@ pub mod paths {
     pub const AUDIT_ENTRIES: &str = "/v1/audit/entries";
     pub const AUDIT_CHECKPOINTS: &str = "/v1/audit/checkpoints";
     pub const AUDIT_KEY: &str = "/v1/audit/key";
+    /// Auditor `GET`: is every entry reachable by its subject ([`crate::audit::AuditSubjectLookup`]).
+    pub const AUDIT_SUBJECT_LOOKUP: &str = "/v1/audit/subject-lookup";
     /// Accounting of disclosures (auditor): `POST` so the patient id travels in the body,
     /// never in a URL ([`crate::disclosure::DisclosureRequest`]).
     pub const AUDIT_DISCLOSURES: &str = "/v1/audit/disclosures";

@@ -39,7 +39,7 @@ pub use schema::SCHEMA_VERSION;
 pub use types::{
     AgentStatus, AuditAnchor, AuditEntry, AuditQuery, ChainHead, Checkpoint, CommitOutcome,
     ConsumeOutcome, Event, Issuance, IssuanceCommit, JoinToken, JoinTokenRecord, OperatorToken,
-    PruneOutcome, QuarantineEntry,
+    PruneOutcome, QuarantineEntry, SubjectLookupCheck,
 };
 
 use location::Location;
@@ -273,6 +273,18 @@ impl Store {
     /// The checkpoint with the highest seq, if any.
     pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         dispatch!(self.latest_checkpoint())
+    }
+
+    /// Checks the structure that answers queries by subject (the accounting of
+    /// disclosures) against the log: `Some(seq)` names the first entry such a query would
+    /// miss. On SQLite that structure is derived data (sealed runs, `sqlite/runs.rs`) that
+    /// a plain SQL statement could edit without touching the chain, so `wardctl audit
+    /// verify` asks for this; on PostgreSQL it is an index the database keeps (always
+    /// `None`). Reads every entry once.
+    pub async fn first_entry_missing_from_subject_lookup(
+        &self,
+    ) -> Result<SubjectLookupCheck, StoreError> {
+        dispatch!(self.first_entry_missing_from_subject_lookup())
     }
 
     /// The checkpoint a pruned log starts from; `None` if the log was never pruned.

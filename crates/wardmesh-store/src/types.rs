@@ -247,3 +247,16 @@ pub struct AuditQuery {
     /// Take the newest `limit` matches instead of the oldest (still returned ascending).
     pub newest: bool,
 }
+
+/// What [`crate::Store::first_entry_missing_from_subject_lookup`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum SubjectLookupCheck {
+    /// Every entry is reachable by its subject.
+    Complete,
+    /// Entry `seq` (and maybe later ones) would be left out of queries by subject.
+    Missing { seq: i64 },
+    /// The backend's lookup is an index the database maintains (PostgreSQL): nothing the
+    /// store could check.
+    DatabaseIndex,
+}

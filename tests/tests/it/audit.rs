@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use wardmesh_control_plane::audit::{
     AuditPublicKey, AuditVerifier, VerifyReport, checkpoint_from_api, entry_from_api,
 };
-use wardmesh_proto::audit::{AuditCheckpoints, AuditEntry, AuditKey};
+use wardmesh_proto::audit::{AuditCheckpoints, AuditEntry, AuditKey, AuditSubjectLookup};
 use wardmesh_proto::paths;
 use wardmesh_tests::{TestCp, TestMesh, prereq};
 
@@ -198,6 +198,8 @@ pub async fn verify_through_api(cp: &TestCp, key: AuditPublicKey) -> VerifyRepor
             break;
         }
     }
+    let lookup: AuditSubjectLookup = get(cp, paths::AUDIT_SUBJECT_LOOKUP, &[]).await;
+    verifier.subject_lookup(lookup.first_missing_seq);
     verifier.finish()
 }
 

@@ -209,3 +209,32 @@ fn a_pruned_log_verifies_from_its_signed_anchor() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_missing_subject_lookup_entry_is_damage_after_the_chain() {
+    let signer = AuditSigner::generate().unwrap();
+    let entries = log(6);
+    let verify = |entries: &[AuditEntry], missing: Option<i64>| {
+        let mut v = AuditVerifier::new(*signer.public(), None, vec![]);
+        for e in entries {
+            if !v.push(e) {
+                break;
+            }
+        }
+        v.subject_lookup(missing);
+        v.finish()
+    };
+    assert!(verify(&entries, None).ok);
+    let r = verify(&entries, Some(4));
+    assert_eq!(r.damage, Some(Damage::SubjectLookupMissing { seq: 4 }));
+    assert!(
+        !r.ok && r.message.contains("by-subject lookup"),
+        "{}",
+        r.message
+    );
+    // A broken chain is reported first: it is the earlier, graver finding.
+    let mut edited = entries.clone();
+    edited[1].actor = "someone-else".to_owned();
+    let r = verify(&edited, Some(4));
+    assert_eq!(r.damage, Some(Damage::HashMismatch { seq: 2 }));
+}

@@ -19,6 +19,7 @@ use crate::audit_sql::{
 use crate::schema::{from_micros, to_micros};
 use crate::{
     AuditAnchor, AuditEntry, AuditQuery, ChainHead, Checkpoint, Event, PruneOutcome, StoreError,
+    SubjectLookupCheck,
 };
 
 const CHECKPOINT_COLUMNS: &str = "id, seq, head_hash, at_us, key_id, signature";
@@ -133,6 +134,12 @@ impl PostgresBackend {
             )
             .await?;
         row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    pub(crate) async fn first_entry_missing_from_subject_lookup(
+        &self,
+    ) -> Result<SubjectLookupCheck, StoreError> {
+        Ok(SubjectLookupCheck::DatabaseIndex)
     }
 
     pub(crate) async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError> {

@@ -14,6 +14,7 @@ use crate::audit_sql::{
 use crate::schema::{from_micros, to_micros};
 use crate::{
     AuditAnchor, AuditEntry, AuditQuery, ChainHead, Checkpoint, Event, PruneOutcome, StoreError,
+    SubjectLookupCheck,
 };
 
 const CHECKPOINT_COLUMNS: &str = "id, seq, head_hash, at_us, key_id, signature";
@@ -139,6 +140,22 @@ impl SqliteBackend {
 
     pub(crate) async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError> {
         self.run(|c| read_anchor(c)).await
+    }
+
+    pub(crate) async fn first_entry_missing_from_subject_lookup(
+        &self,
+    ) -> Result<SubjectLookupCheck, StoreError> {
+        self.run(|c| {
+            // One snapshot for the anchor and the scan.
+            let tx = c.transaction()?;
+            let after = read_anchor(&tx)?.map_or(0, |a| a.checkpoint.seq);
+            let found = AUDIT_SUBJECTS.first_unsealed_row(&tx, after)?;
+            tx.commit()?;
+            Ok(found.map_or(SubjectLookupCheck::Complete, |seq| {
+                SubjectLookupCheck::Missing { seq }
+            }))
+        })
+        .await
     }
 
     pub(crate) async fn prune_audit(

@@ -120,6 +120,38 @@ impl RunIndex {
         Ok(())
     }
 
+    /// The first row (id above `after`) that a lookup by its key would miss: a sealed row
+    /// without its pair in the run covering it. After a prune, pass the cut as `after`.
+    /// Reads every sealed row once (for `wardctl audit verify`, not the request path).
+    pub(super) fn first_unsealed_row(
+        &self,
+        c: &Connection,
+        after: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let Self {
+            runs,
+            pairs,
+            table,
+            id,
+            key,
+        } = *self;
+        let Some(sealed) = self.sealed_through(c)? else {
+            return Ok(None);
+        };
+        Ok(c.query_row(
+            &format!(
+                "SELECT t.{id} FROM {table} t WHERE t.{id} > ?1 AND t.{id} <= ?2 \
+                 AND t.{key} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {pairs} p \
+                 WHERE p.run = (SELECT after_id FROM {runs} WHERE after_id < t.{id} \
+                 ORDER BY after_id DESC LIMIT 1) AND p.{key} = t.{key} AND p.{id} = t.{id}) \
+                 ORDER BY t.{id} LIMIT 1"
+            ),
+            [after, sealed],
+            |r| r.get(0),
+        )
+        .optional()?)
+    }
+
     /// A lookup: `filter` is `SELECT … FROM <table> WHERE <id> > ?1 …` (every other filter
     /// of the query, `?1` being the paging cursor); `key` and `limit` name the parameters
     /// holding the looked-up key and the page size. The sealed runs' matches and the
@@ -147,8 +179,11 @@ impl RunIndex {
         let order = if newest { "DESC" } else { "ASC" };
         // CROSS JOIN fixes the loop order (SQLite's documented hint): over the runs, one
         // seek into each; left to itself the planner may scan every sealed pair instead.
+        // The rows' own key is checked too, so a pair pointing at another key's row (a
+        // forged pair) cannot put that row into this key's answer; a missing pair is what
+        // `first_unsealed_row` finds.
         format!(
-            "{filter} AND {id} IN (SELECT p.{id} FROM {runs} r \
+            "{filter} AND {column} = ?{key} AND {id} IN (SELECT p.{id} FROM {runs} r \
              CROSS JOIN {pairs} p ON p.run = r.after_id AND p.{column} = ?{key} \
              WHERE r.last_id > ?1) \
              UNION ALL {tail} AND {column} = ?{key} \

@@ -294,3 +294,84 @@ async fn sqlite_reads_one_request_ids_flows_through_its_runs() {
         .collect();
     assert_sealed_run_lookup(&sqlite_plan(&sql, values).await, "request_id");
 }
+
+/// SQLite's by-subject lookup is derived data that plain SQL could edit without touching
+/// the chain: `first_entry_missing_from_subject_lookup` (run by `wardctl audit verify`)
+/// finds each edit that would hide an entry, and a forged pair cannot attribute another
+/// patient's entry to the looked-up one.
+#[tokio::test]
+async fn sqlite_subject_lookup_tampering_is_found() {
+    use crate::SubjectLookupCheck::{Complete, Missing};
+    use crate::tests::raw_sql;
+    crate::tests::run_on_sqlite(|db| async move {
+        let store = db.open().await;
+        // Entries 1..=14 about "p0"/"p1" alternately; runs of 4 seal 1..=12.
+        let events: Vec<crate::Event> = (1..=14)
+            .map(|n| crate::Event {
+                kind: "phi.access".to_owned(),
+                subject: format!("p{}", n % 2),
+                ..super::fixtures::event(n)
+            })
+            .collect();
+        store.append_events(&events).await.unwrap();
+        let check = || async {
+            store
+                .first_entry_missing_from_subject_lookup()
+                .await
+                .unwrap()
+        };
+        let seqs = |p: &'static str| {
+            let store = store.clone();
+            async move {
+                let q = crate::AuditQuery {
+                    subject: Some(p.to_owned()),
+                    limit: 100,
+                    ..crate::AuditQuery::default()
+                };
+                super::audit_checks::store_seqs(&store, &q).await
+            }
+        };
+        assert_eq!(check().await, Complete);
+        assert_eq!(seqs("p1").await, [1, 3, 5, 7, 9, 11, 13]);
+
+        // A deleted pair hides its entry from the lookup; the check names it.
+        raw_sql(&db, "DELETE FROM audit_subjects WHERE id = 5").await;
+        assert_eq!(seqs("p1").await, [1, 3, 7, 9, 11, 13]);
+        assert_eq!(check().await, Missing { seq: 5 });
+        raw_sql(
+            &db,
+            "INSERT INTO audit_subjects (run, subject, id) VALUES (4, 'p1', 5)",
+        )
+        .await;
+        assert_eq!(check().await, Complete);
+
+        // A pair moved to another subject: found.
+        raw_sql(&db, "UPDATE audit_subjects SET subject = 'p9' WHERE id = 7").await;
+        assert_eq!(check().await, Missing { seq: 7 });
+        raw_sql(&db, "UPDATE audit_subjects SET subject = 'p1' WHERE id = 7").await;
+
+        // A forged pair pointing at p0's entry 6: not reported as p1's.
+        raw_sql(
+            &db,
+            "INSERT INTO audit_subjects (run, subject, id) VALUES (4, 'p1', 6)",
+        )
+        .await;
+        assert_eq!(seqs("p1").await, [1, 3, 5, 7, 9, 11, 13]);
+        assert_eq!(
+            check().await,
+            Complete,
+            "nothing is hidden by an extra pair"
+        );
+
+        // A run removed from the run table: its entries are found missing.
+        raw_sql(&db, "DELETE FROM audit_subject_runs WHERE after_id = 4").await;
+        assert_eq!(check().await, Missing { seq: 5 });
+        raw_sql(
+            &db,
+            "INSERT INTO audit_subject_runs (after_id, last_id) VALUES (4, 8)",
+        )
+        .await;
+        assert_eq!(check().await, Complete);
+    })
+    .await;
+}

@@ -268,6 +268,73 @@ async fn unsigned_tail_is_never_signed_over(b: Backend) {
     f.stop().await;
 }
 
+/// The by-subject lookup that the accounting of disclosures reads: on SQLite derived
+/// data (sealed runs of 16,384 entries), so an edit there hides entries without breaking
+/// the chain, and verify must say so; on PostgreSQL an index of the database.
+async fn edited_subject_lookup(b: Backend) {
+    let Some(f) = setup(b, "audit::tamper::edited_subject_lookup").await else {
+        return;
+    };
+    // Enough PHI-access entries for a sealed run, appended by a second store handle on the
+    // same database (as a second replica would).
+    let url = match &f.db {
+        super::Db::Sqlite(path) => format!("sqlite:{}", path.display()),
+        super::Db::Postgres(url) => url.clone(),
+    };
+    let store = wardmesh_store::Store::open(&url).await.unwrap();
+    let patient = "ab".repeat(32);
+    let events: Vec<wardmesh_store::Event> = (0..16_400)
+        .map(|n| wardmesh_store::Event {
+            id: 0,
+            at: time::OffsetDateTime::now_utc(),
+            kind: "phi.access".to_owned(),
+            actor: "spiffe://wardmesh.local/ns/clinic/sa/notes".to_owned(),
+            subject: if n % 2 == 0 {
+                patient.clone()
+            } else {
+                "cd".repeat(32)
+            },
+            detail: serde_json::json!({ "n": n }),
+        })
+        .collect();
+    store.append_events(&events).await.unwrap();
+    let first = store
+        .audit_entries(&wardmesh_store::AuditQuery {
+            subject: Some(patient.clone()),
+            limit: 1,
+            ..wardmesh_store::AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .remove(0)
+        .seq;
+    let clean = f.verify().await;
+    assert!(clean.ok, "{clean:?}");
+    match b {
+        Backend::Sqlite => {
+            f.tamper(&format!("DELETE FROM audit_subjects WHERE id = {first}"))
+                .await;
+            let r = f.verify().await;
+            assert_eq!(
+                r.damage,
+                Some(Damage::SubjectLookupMissing { seq: first }),
+                "{r:?}"
+            );
+            assert!(
+                r.message.contains("accounting of disclosures"),
+                "{}",
+                r.message
+            );
+        }
+        Backend::Postgres => {
+            let lookup: wardmesh_proto::audit::AuditSubjectLookup =
+                super::get(&f.cp, wardmesh_proto::paths::AUDIT_SUBJECT_LOOKUP, &[]).await;
+            assert_eq!(lookup.result, "database_index");
+        }
+    }
+    f.stop().await;
+}
+
 fn entry_from_api(e: &AuditEntry) -> wardmesh_store::AuditEntry {
     wardmesh_control_plane::audit::entry_from_api(e.clone())
 }
@@ -298,4 +365,5 @@ on_both_backends!(
     forged_checkpoint_signature,
     rewritten_and_rehashed,
     unsigned_tail_is_never_signed_over,
+    edited_subject_lookup,
 );
