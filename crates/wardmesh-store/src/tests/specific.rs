@@ -303,7 +303,7 @@ async fn sqlite_reads_one_request_ids_flows_through_its_runs() {
 async fn sqlite_subject_lookup_tampering_is_found() {
     use crate::SubjectLookupCheck::{Complete, Missing};
     use crate::tests::raw_sql;
-    crate::tests::run_on_sqlite(|db| async move {
+    run_on_sqlite(|db| async move {
         let store = db.open().await;
         // Entries 1..=14 about "p0"/"p1" alternately; runs of 4 seal 1..=12.
         let events: Vec<crate::Event> = (1..=14)
