@@ -4,7 +4,7 @@
 -- `events_by_subject` (v6: a patient pseudonym) and `flows_by_request_id` (v5: often a
 -- caller's random UUID) took their keys at random: nearly every row dirtied its own index
 -- page, and SQLite's WAL writes (and the checkpoint copies) whole pages, so those two
--- indexes cost about 40 % and 50 % of flow ingest (bench/RESULTS.md, 2026-12-06 23:xx).
+-- indexes cost about 40 % and 50 % of flow ingest (bench/RESULTS.md, 2026-12-06 23:20).
 -- Instead, every `RUN` rows (src/sqlite/runs.rs) the write that completes a run copies
 -- the run's (key, id) pairs, sorted, under the run's key: a new run only extends the right
 -- edge of its table, so each page is written once. A lookup seeks once per run and scans

@@ -5,7 +5,7 @@
 //! Why: SQLite's WAL, and the checkpoint after it, write whole pages, and an index whose
 //! keys arrive at random dirties its own page for nearly every row: the audit log's
 //! subject index alone cost ≈ 40 % of flow ingest, random request ids ≈ 50 %
-//! (bench/RESULTS.md, 2026-12-06 23:xx). Instead, the write that completes a run of [`RUN`]
+//! (bench/RESULTS.md, section 2026-12-06 23:20). Instead, the write that completes a run of [`RUN`]
 //! rows copies the run's (key, id) pairs, sorted, under the run's own key into a
 //! `WITHOUT ROWID` table, in that write's transaction: a new run only extends the right
 //! edge of that table, so each page is written once, and the runs never disagree with the
@@ -45,7 +45,7 @@ pub(super) const AUDIT_SUBJECTS: RunIndex = RunIndex {
     key: "subject",
 };
 
-/// `flows.request_id` (schema v9); rows without one have no pair.
+/// `flows.request_id` (schema v8); rows without one have no pair.
 pub(super) const FLOW_REQUEST_IDS: RunIndex = RunIndex {
     runs: "flow_request_id_runs",
     pairs: "flow_request_ids",
