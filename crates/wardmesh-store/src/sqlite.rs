@@ -475,6 +475,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
                 reason: e.to_string(),
             })?;
         }
+        if m.version == runs::SCHEMA_VERSION {
+            runs::seal_existing(&tx).map_err(|e| StoreError::Migration {
+                version: m.version,
+                reason: e.to_string(),
+            })?;
+        }
         tx.execute(
             "INSERT INTO schema_version (version, applied_at_us) VALUES (?1, ?2)",
             params![m.version, to_micros(OffsetDateTime::now_utc())],

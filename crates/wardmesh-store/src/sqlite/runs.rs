@@ -22,6 +22,25 @@ use crate::StoreError;
 /// tests, so that every test of the audit log and of flows crosses runs.
 pub(super) const RUN: i64 = if cfg!(test) { 4 } else { 16_384 };
 
+/// The schema version that introduced sealed runs.
+pub(super) const SCHEMA_VERSION: i64 = 8;
+
+/// Schema version 8, after its SQL: seals the rows already stored, so that the first
+/// write after an upgrade does not pay for a whole existing log (and hold the write lock
+/// meanwhile); the upgrade does, once, while the store opens.
+pub(super) fn seal_existing(tx: &Connection) -> Result<(), StoreError> {
+    let audit_head: i64 =
+        tx.query_row("SELECT seq FROM audit_head WHERE singleton = 1", [], |r| {
+            r.get(0)
+        })?;
+    AUDIT_SUBJECTS.seal(tx, audit_head)?;
+    let flow_head: i64 =
+        tx.query_row("SELECT seq FROM flow_head WHERE singleton = 1", [], |r| {
+            r.get(0)
+        })?;
+    FLOW_REQUEST_IDS.seal(tx, flow_head)
+}
+
 /// One lookup key of one table, and the tables that hold its sealed runs.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RunIndex {

@@ -375,3 +375,81 @@ async fn sqlite_subject_lookup_tampering_is_found() {
     })
     .await;
 }
+
+/// An upgrade to schema v8 seals the rows already stored (not the first write after it),
+/// and lookups by subject and by request id answer from the runs right away.
+#[tokio::test]
+async fn sqlite_upgrade_to_v8_seals_existing_rows() {
+    run_on_sqlite(|db| async move {
+        let store = db.open().await;
+        let events: Vec<crate::Event> = (1..=10)
+            .map(|n| crate::Event {
+                subject: format!("p{}", n % 2),
+                ..super::fixtures::event(n)
+            })
+            .collect();
+        store.append_events(&events).await.unwrap();
+        let flows: Vec<_> = (0..10).map(super::flow_checks::flow).collect();
+        store.ingest_flows(&flows).await.unwrap();
+        drop(store);
+        // Back to what v7 left: the random-key indexes, no runs.
+        crate::tests::raw_sql(
+            &db,
+            "DROP TABLE audit_subjects; DROP TABLE audit_subject_runs; \
+             DROP TABLE flow_request_ids; DROP TABLE flow_request_id_runs; \
+             CREATE INDEX events_by_subject ON events (subject, id); \
+             CREATE INDEX flows_by_request_id ON flows (request_id, seq) \
+             WHERE request_id IS NOT NULL; \
+             DELETE FROM schema_version WHERE version = 8;",
+        )
+        .await;
+
+        let store = db.open().await;
+        assert_eq!(store.schema_version().await.unwrap(), crate::SCHEMA_VERSION);
+        let path = db.url.trim_start_matches("sqlite:").to_owned();
+        let runs = tokio::task::spawn_blocking(move || {
+            let c = rusqlite::Connection::open(path).unwrap();
+            let count = |t: &str| -> i64 {
+                c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                    .unwrap()
+            };
+            (count("audit_subject_runs"), count("flow_request_id_runs"))
+        })
+        .await
+        .unwrap();
+        // Runs of 4 in unit tests: 10 entries, 10 flows -> 2 runs each.
+        assert_eq!(runs, (2, 2));
+        let q = crate::AuditQuery {
+            subject: Some("p1".to_owned()),
+            limit: 100,
+            ..crate::AuditQuery::default()
+        };
+        assert_eq!(
+            super::audit_checks::store_seqs(&store, &q).await,
+            [1, 3, 5, 7, 9]
+        );
+        let by_request = store
+            .query_flows(&crate::FlowQuery {
+                request_id: flows[2].request_id.clone(),
+                limit: 10,
+                ..crate::FlowQuery::default()
+            })
+            .await
+            .unwrap();
+        let want: Vec<&str> = flows
+            .iter()
+            .filter(|f| f.request_id == flows[2].request_id)
+            .map(|f| f.id.as_str())
+            .collect();
+        let got: Vec<&str> = by_request.iter().map(|f| f.record.id.as_str()).collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            store
+                .first_entry_missing_from_subject_lookup()
+                .await
+                .unwrap(),
+            crate::SubjectLookupCheck::Complete
+        );
+    })
+    .await;
+}
